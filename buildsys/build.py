@@ -1,0 +1,124 @@
+"""One build, start to end: recipe → graph → plan → execute → lock → report."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildsys.execute.report import report_dict, summary_line, write_report
+from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
+from buildsys.plan.graph import build_graph, select
+from buildsys.plan.planner import Plan, make_plan
+from buildsys.recipe.load import Recipe
+from buildsys.store.lock import lock_entry, read_lock, write_lock
+from buildsys.store.store import Store, default_cache_dir
+
+
+@dataclass
+class BuildOptions:
+    patterns: list[str] = field(default_factory=list)
+    force: list[str] = field(default_factory=list)
+    jobs: int = 0  # 0: one per core
+    keep_going: bool = False
+    check: bool = False
+    report: Path | None = None
+    cache_dir: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    offline: bool = False
+
+
+def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
+    return Store(default_cache_dir(recipe.project_dir, cache_dir))
+
+
+def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, str]:
+    from buildsys.plan.remote import blocked_remote_stages
+
+    return blocked_remote_stages(recipe, graph, offline)  # type: ignore[arg-type]
+
+
+def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
+    graph = select(build_graph(recipe), options.patterns)
+    return make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
+
+
+def build_dir(recipe: Recipe) -> Path:
+    return recipe.project_dir / recipe.settings["build_dir"]
+
+
+def run_build(recipe: Recipe, options: BuildOptions) -> int:
+    """Build and return the exit code: 0 ok, 1 a stage, check or lock comparison failed."""
+    from buildsys.execute.progress import make_progress
+
+    started = time.monotonic()
+    store = open_store(recipe, options.cache_dir)
+    try:
+        plan = plan_build(recipe, store, options)
+        progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
+        jobs = options.jobs or len(os.sched_getaffinity(0))
+        executor = Executor(plan, store, ExecuteOptions(
+            build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
+            keep_going=options.keep_going), progress)
+        try:
+            outcomes = executor.run()
+        finally:
+            progress.close()
+        previous_lock = read_lock(recipe.lock_path)
+        mismatches = lock_mismatches(previous_lock, outcomes) if options.check else []
+        if not options.check:
+            update_lock(recipe, previous_lock, plan, outcomes)
+        wall = time.monotonic() - started
+        report = report_dict(recipe.name, outcomes, wall, mismatches)
+        if options.report:
+            write_report(options.report, report)
+        print_failures(outcomes, mismatches)
+        if not options.quiet:
+            print(summary_line(outcomes, wall), file=sys.stderr)
+        return 0 if report["ok"] else 1
+    finally:
+        store.close()
+
+
+def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Plan,
+                outcomes: dict[str, Outcome]) -> None:
+    """Record what this build produced; keep entries of stages it did not touch."""
+    from buildsys.plan.graph import build_graph
+
+    known = set(build_graph(recipe).nodes) if previous else set()
+    stages = {sid: entry for sid, entry in previous.items() if sid in known}
+    for stage_id, outcome in outcomes.items():
+        if outcome.ok and outcome.record and outcome.key:
+            stages[stage_id] = lock_entry(outcome.key, outcome.record["outputs"])
+    write_lock(recipe.lock_path, recipe.name, stages)
+
+
+def lock_mismatches(lock: dict[str, dict[str, object]], outcomes: dict[str, Outcome]) -> list[str]:
+    problems = []
+    for stage_id, outcome in sorted(outcomes.items()):
+        if not (outcome.ok and outcome.record):
+            continue
+        entry = lock.get(stage_id)
+        if entry is None:
+            problems.append(f"{stage_id}: not in the lock file")
+            continue
+        produced = lock_entry(outcome.key or "", outcome.record["outputs"])["outputs"]
+        if produced != entry.get("outputs"):
+            differing = sorted(n for n in set(produced) | set(entry.get("outputs") or {})
+                               if produced.get(n) != (entry.get("outputs") or {}).get(n))
+            problems.append(f"{stage_id}: output differs from the lock: {', '.join(differing)}")
+    return problems
+
+
+def print_failures(outcomes: dict[str, Outcome], mismatches: list[str]) -> None:
+    for outcome in outcomes.values():
+        if outcome.status == "failed":
+            kind = "check failed" if outcome.check_failed else "failed"
+            print(f"error: {outcome.stage_id} {kind}: {outcome.error}", file=sys.stderr)
+            if outcome.log_path:
+                print(f"       log: {outcome.log_path}", file=sys.stderr)
+    for line in mismatches:
+        print(f"error: --check: {line}", file=sys.stderr)

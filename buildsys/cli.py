@@ -1,0 +1,99 @@
+"""`modelbuild` command line. Exit codes: 0 ok, 1 a stage or check failed, 2 usage or recipe.
+
+Only cheap modules are imported here: a no-op rebuild must not import torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from buildsys.errors import ModelbuildError, RecipeError, UsageError
+
+SUBCOMMANDS = {"validate", "graph", "cache", "devices"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelbuild",
+        description="Build on-device model artifacts from a recipe, incrementally.",
+        epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
+               "cache info|verify|gc | devices",
+    )
+    parser.add_argument("recipe", type=Path, help="recipe YAML file")
+    parser.add_argument("patterns", nargs="*", help="build only matching stages (glob over "
+                        "stage ids, e.g. 'ffnet_40s/w8a8/*') and what they need")
+    parser.add_argument("--plan", action="store_true", help="show what would run and why; "
+                        "run nothing")
+    parser.add_argument("--json", action="store_true", help="with --plan: JSON for machines")
+    parser.add_argument("--explain", metavar="STAGE", help="print the ingredients of a "
+                        "stage's key")
+    parser.add_argument("-j", "--jobs", type=int, default=0, help="stages at once "
+                        "(default: one per core; threads are shared out)")
+    parser.add_argument("-k", "--keep-going", action="store_true", help="go on with "
+                        "independent stages after a failure")
+    parser.add_argument("--force", action="append", default=[], metavar="PATTERN",
+                        help="re-run matching stages even if cached (repeatable)")
+    parser.add_argument("--check", action="store_true", help="fail if any output differs "
+                        "from the lock file (the lock is not updated)")
+    parser.add_argument("--report", type=Path, help="write a JSON report of every stage")
+    parser.add_argument("--cache-dir", help="store location (default: .cache beside the "
+                        "recipe, or $MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--offline", action="store_true", help="plan AI Hub stages as skipped")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            from buildsys.commands import run_subcommand
+
+            return run_subcommand(argv[0], argv[1:])
+        return _build(build_parser().parse_args(argv))
+    except RecipeError as exc:
+        print(f"error: the recipe has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModelbuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130 if type(exc).__name__ == "Interrupted" else 1
+
+
+def _build(args: argparse.Namespace) -> int:
+    from buildsys.build import BuildOptions, open_store, plan_build, run_build
+    from buildsys.recipe.load import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    options = BuildOptions(
+        patterns=args.patterns, force=args.force, jobs=args.jobs, keep_going=args.keep_going,
+        check=args.check, report=args.report, cache_dir=args.cache_dir, quiet=args.quiet,
+        verbose=args.verbose, offline=args.offline,
+    )
+    if args.jobs < 0:
+        raise UsageError("--jobs must be ≥ 1")
+    if args.plan or args.explain:
+        from buildsys.plan import render
+
+        store = open_store(recipe, args.cache_dir)
+        try:
+            plan = plan_build(recipe, store, options)
+        finally:
+            store.close()
+        if args.explain:
+            if args.explain not in plan.stages:
+                raise UsageError(f"no stage {args.explain!r}; see --plan for stage ids")
+            print(render.explain(plan, args.explain))
+        else:
+            print(render.plan_json(plan) if args.json else render.plan_table(plan))
+        return 0
+    return run_build(recipe, options)

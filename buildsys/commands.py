@@ -1,0 +1,83 @@
+"""The other subcommands: validate, graph, cache info|verify|gc, devices."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from buildsys.errors import UsageError
+
+
+def run_subcommand(name: str, argv: list[str]) -> int:
+    return {"validate": _validate, "graph": _graph, "cache": _cache,
+            "devices": _devices}[name](argv)
+
+
+def _validate(argv: list[str]) -> int:
+    from buildsys.recipe.load import load_recipe
+
+    parser = argparse.ArgumentParser(prog="modelbuild validate",
+                                     description="Check a recipe without building.")
+    parser.add_argument("recipe", type=Path)
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    print(f"{args.recipe}: ok ({len(recipe.variants)} variants, "
+          f"{len(recipe.section('steps'))} steps)")
+    return 0
+
+
+def _graph(argv: list[str]) -> int:
+    from buildsys.plan.graph import build_graph
+    from buildsys.plan.render import to_dot, to_mermaid
+    from buildsys.recipe.load import load_recipe
+
+    parser = argparse.ArgumentParser(prog="modelbuild graph",
+                                     description="Write the stage graph as DOT and Mermaid.")
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--format", choices=["dot", "mermaid", "both"], default="both")
+    parser.add_argument("-o", "--output", type=Path, help="file stem (writes .dot / .mmd); "
+                        "default: print to stdout")
+    args = parser.parse_args(argv)
+    graph = build_graph(load_recipe(args.recipe))
+    texts = {"dot": to_dot(graph), "mermaid": to_mermaid(graph)}
+    chosen = ["dot", "mermaid"] if args.format == "both" else [args.format]
+    for fmt in chosen:
+        if args.output:
+            path = args.output.with_suffix(".dot" if fmt == "dot" else ".mmd")
+            path.write_text(texts[fmt])
+            print(f"wrote {path}")
+        else:
+            sys.stdout.write(texts[fmt])
+    return 0
+
+
+def _cache(argv: list[str]) -> int:
+    from buildsys.store import maintenance
+
+    parser = argparse.ArgumentParser(prog="modelbuild cache", description="Inspect the store.")
+    parser.add_argument("action", choices=["info", "verify", "gc"])
+    parser.add_argument("--cache-dir", help="store location (default: ./.cache or "
+                        "$MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--lock", type=Path, action="append", default=[],
+                        help="gc: keep what these lock files reference (default: *.lock in "
+                             "the current directory and recipes/)")
+    parser.add_argument("--max-size", help="gc: then trim least recently built records until "
+                        "the store is under this size (e.g. 5G, 500M)")
+    args = parser.parse_args(argv)
+    return maintenance.run(args)
+
+
+def _devices(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="modelbuild devices",
+                                     description="List AI Hub devices (cached for a day).")
+    parser.add_argument("--attribute", action="append", default=[],
+                        help="filter, e.g. chipset:qualcomm-snapdragon-8gen2 (repeatable)")
+    parser.add_argument("--refresh", action="store_true", help="ignore the one-day cache")
+    args = parser.parse_args(argv)
+    from buildsys.backends.aihub_devices import print_devices
+
+    try:
+        return print_devices(args.attribute, refresh=args.refresh)
+    except ImportError as exc:
+        raise UsageError(f"AI Hub support is not available: {exc}") from exc

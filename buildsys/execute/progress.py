@@ -1,0 +1,103 @@
+"""What the user sees while a build runs: a live line per running stage on a terminal
+(rich), plain one-line events otherwise (CI logs)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from buildsys.execute.runner import Outcome
+
+SYMBOL = {"built": "✓", "cached": "·", "failed": "✗", "skipped": "-"}
+
+
+class PlainProgress:
+    """One line per event; `verbose` also lists cached stages, `quiet` only failures."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr, *, quiet: bool = False,
+                 verbose: bool = False) -> None:
+        self.total = total
+        self.stream = stream
+        self.quiet = quiet
+        self.verbose = verbose
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            print(line, file=self.stream, flush=True)
+
+    def started(self, stage_id: str, reason: str) -> None:
+        if not self.quiet:
+            self._write(f"[{self.done}/{self.total}] run  {stage_id}  ({reason})")
+
+    def finished(self, outcome: Outcome) -> None:
+        self.done += 1
+        if outcome.status == "cached" and not self.verbose and outcome.reason == "up to date":
+            return
+        if self.quiet and outcome.status != "failed":
+            return
+        line = f"[{self.done}/{self.total}] {SYMBOL[outcome.status]} {outcome.status:<7} " \
+               f"{outcome.stage_id}"
+        if outcome.status == "built":
+            line += f"  {outcome.duration_s:.1f} s"
+        elif outcome.status != "cached" or outcome.reason != "up to date":
+            line += f"  ({outcome.error or outcome.reason})"
+        if outcome.status == "failed" and outcome.log_path:
+            line += f"\n      log: {outcome.log_path}"
+        self._write(line)
+
+    def close(self) -> None:
+        pass
+
+
+class LiveProgress(PlainProgress):
+    """A rich live display: finished stages scroll above, running ones tick below."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr, **kwargs: Any) -> None:
+        super().__init__(total, stream, **kwargs)
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=stream)
+        self.running: dict[str, float] = {}
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4,
+                         transient=True, get_renderable=self._render)
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        now = time.monotonic()
+        for stage_id, started in sorted(self.running.items()):
+            table.add_row("[cyan]⠿[/]", stage_id, f"[dim]{now - started:5.0f} s[/]")
+        table.add_row("", f"[dim]{self.done}/{self.total} stages settled[/]", "")
+        return table
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            self.console.print(line, markup=False, highlight=False)
+
+    def started(self, stage_id: str, reason: str) -> None:
+        self.running[stage_id] = time.monotonic()
+        if self.verbose:
+            self._write(f"run  {stage_id}  ({reason})")
+
+    def finished(self, outcome: Outcome) -> None:
+        self.running.pop(outcome.stage_id, None)
+        super().finished(outcome)
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def make_progress(total: int, *, quiet: bool, verbose: bool) -> PlainProgress:
+    if sys.stderr.isatty() and not quiet:
+        try:
+            return LiveProgress(total, quiet=quiet, verbose=verbose)
+        except ImportError:
+            pass
+    return PlainProgress(total, quiet=quiet, verbose=verbose)

@@ -1,0 +1,333 @@
+"""Run a plan: dependency order, N stages at once, each in its own worker process.
+
+The scheduler lives in the main thread; one thread per running stage waits on its worker
+process. A stage is keyed again when it becomes ready — its inputs' real digests are known by
+then — so a re-run upstream stage that produced identical bytes leaves it cached (early cutoff).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from buildsys.errors import ModelbuildError, StoreError
+from buildsys.plan.keys import ingredients, stage_key
+from buildsys.plan.node import FileRef, OutputRef, StageNode
+from buildsys.plan.planner import CACHED, RUN, SKIPPED, Plan, resolve_input_digests
+from buildsys.stages import stage_class
+from buildsys.store.store import Store
+
+BUILT, FAILED = "built", "failed"
+LOG_TAIL = 20_000
+
+
+@dataclass
+class Outcome:
+    stage_id: str
+    status: str  # built | cached | failed | skipped
+    reason: str
+    key: str | None = None
+    record: dict[str, Any] | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    log_path: Path | None = None
+    check_failed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (BUILT, CACHED)
+
+
+class Progress(Protocol):
+    def started(self, stage_id: str, reason: str) -> None: ...
+    def finished(self, outcome: Outcome) -> None: ...
+
+
+@dataclass
+class ExecuteOptions:
+    build_dir: Path
+    project_dir: Path
+    jobs: int = 1
+    keep_going: bool = False
+    cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
+                           if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class Interrupted(ModelbuildError):
+    pass
+
+
+class Executor:
+    def __init__(self, plan: Plan, store: Store, options: ExecuteOptions,
+                 progress: Progress) -> None:
+        self.plan = plan
+        self.store = store
+        self.options = options
+        self.progress = progress
+        self.outcomes: dict[str, Outcome] = {}
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._free_slots = list(range(max(1, options.jobs)))
+        self._stopping = False
+
+    # --- scheduling -------------------------------------------------------------------------
+    def run(self) -> dict[str, Outcome]:
+        graph = self.plan.graph
+        waiting = {s: set(graph.predecessors(s)) for s in self.plan.order}
+        ready = [s for s in self.plan.order if not waiting[s]]
+        running: dict[Future[Outcome], str] = {}
+        jobs = max(1, self.options.jobs)
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
+        try:
+            while ready or running:
+                while ready and len(running) < jobs and not self._stopping:
+                    stage_id = ready.pop(0)
+                    outcome = self._settle_without_running(stage_id)
+                    if outcome is None:
+                        slot = self._free_slots.pop(0)
+                        self.progress.started(stage_id, self.plan.stages[stage_id].reason)
+                        running[pool.submit(self._run_stage, stage_id, slot)] = stage_id
+                        continue
+                    self._finish(outcome, waiting, ready)
+                if self._stopping and not running:
+                    break
+                if not running:
+                    continue
+                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in done:
+                    stage_id = running.pop(future)
+                    self._finish(future.result(), waiting, ready)
+        except KeyboardInterrupt:
+            self._stopping = True
+            self._kill_all()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise Interrupted("interrupted: finished stages are cached; run again to resume") \
+                from None
+        pool.shutdown(wait=True)
+        for stage_id in self.plan.order:  # stages never reached after a failure stopped us
+            if stage_id not in self.outcomes:
+                outcome = Outcome(stage_id, SKIPPED, "not started: the build stopped after a "
+                                  "failure (use --keep-going to build independent stages)")
+                self.outcomes[stage_id] = outcome
+                self.progress.finished(outcome)
+        return self.outcomes
+
+    def _finish(self, outcome: Outcome, waiting: dict[str, set[str]], ready: list[str]) -> None:
+        self.outcomes[outcome.stage_id] = outcome
+        if outcome.status == FAILED and not self.options.keep_going:
+            self._stopping = True
+        self.progress.finished(outcome)
+        for child in sorted(self.plan.graph.successors(outcome.stage_id)):
+            waiting[child].discard(outcome.stage_id)
+            if not waiting[child]:
+                ready.append(child)
+
+    def _settle_without_running(self, stage_id: str) -> Outcome | None:
+        """Skipped, cached (as planned or by early cutoff), or None when it has to run."""
+        planned = self.plan.stages[stage_id]
+        failed_up = [u for u in self.plan.graph.predecessors(stage_id)
+                     if not self.outcomes[u].ok]
+        if planned.status == SKIPPED or failed_up:
+            reason = planned.reason if planned.status == SKIPPED else \
+                f"upstream {failed_up[0]} {self.outcomes[failed_up[0]].status}"
+            return Outcome(stage_id, SKIPPED, reason)
+        if planned.status == CACHED:
+            return self._cached(stage_id, planned.key, planned.record, "up to date")
+        node = planned.node
+        records = {u: self.outcomes[u].record for u in self.plan.graph.predecessors(stage_id)}
+        digests = resolve_input_digests(node, self.store, records)  # type: ignore[arg-type]
+        assert digests is not None, f"{stage_id}: upstream finished without outputs"
+        planned.ingredients = ingredients(node, digests)
+        planned.key = stage_key(planned.ingredients)
+        if planned.forced:
+            return None
+        record = self.store.get_record(planned.key)
+        if record is not None and not self.store.damaged_outputs(record):
+            return self._cached(stage_id, planned.key, record,
+                                "early cutoff: inputs unchanged after upstream re-ran")
+        return None
+
+    def _cached(self, stage_id: str, key: str | None, record: dict[str, Any] | None,
+                reason: str) -> Outcome:
+        assert key is not None and record is not None
+        try:
+            self._materialise(self.plan.stages[stage_id].node, record)
+        except (OSError, StoreError) as exc:
+            return Outcome(stage_id, FAILED, reason, key, record, error=str(exc))
+        self.store.index.set_last_key(stage_id, key)
+        return Outcome(stage_id, CACHED, reason, key, record, metrics=record.get("metrics", {}))
+
+    # --- one stage ---------------------------------------------------------------------------
+    def _threads_and_cpus(self, node: StageNode, slot: int) -> tuple[int, list[int] | None]:
+        cpus = self.options.cpu_count
+        jobs = max(1, self.options.jobs)
+        per_worker = max(1, cpus // jobs)
+        threads = max(1, min(per_worker, stage_class(node.kind).max_threads))
+        if jobs == 1 or jobs * per_worker > cpus:
+            return threads, None
+        available = sorted(os.sched_getaffinity(0))
+        return threads, available[slot * per_worker:(slot + 1) * per_worker]
+
+    def _run_stage(self, stage_id: str, slot: int) -> Outcome:
+        planned = self.plan.stages[stage_id]
+        node = planned.node
+        started = time.monotonic()
+        scratch = self.store.new_scratch(stage_id.replace("/", "_"))
+        log_path = self.options.build_dir / "logs" / f"{stage_id.replace('/', '__')}.log"
+        try:
+            job = self._prepare_job(node, planned.ingredients or {}, scratch, slot)
+            returncode, timed_out = self._spawn(stage_id, scratch, node.timeout)
+            duration = time.monotonic() - started
+            log_text = self._keep_log(scratch / "log.txt", log_path)
+            result = self._read_result(scratch, returncode, timed_out, node.timeout)
+            if not result.get("ok"):
+                return Outcome(stage_id, FAILED, planned.reason, planned.key,
+                               duration_s=duration, error=str(result.get("error")),
+                               metrics=result.get("metrics") or {}, log_path=log_path,
+                               check_failed=bool(result.get("check")))
+            record = self._ingest(node, planned, job, scratch, result, duration, log_text)
+            self._materialise(node, record)
+            return Outcome(stage_id, BUILT, planned.reason, planned.key, record,
+                           duration_s=duration, metrics=record["metrics"], log_path=log_path)
+        except (OSError, ModelbuildError) as exc:
+            return Outcome(stage_id, FAILED, planned.reason, planned.key,
+                           duration_s=time.monotonic() - started, error=str(exc),
+                           log_path=log_path if log_path.exists() else None)
+        finally:
+            with self._lock:
+                self._free_slots.append(slot)
+                self._free_slots.sort()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _prepare_job(self, node: StageNode, parts: dict[str, Any], scratch: Path,
+                     slot: int) -> dict[str, Any]:
+        inputs: dict[str, str] = {}
+        for index, (name, ref) in enumerate(sorted(node.inputs.items())):
+            # Outputs of one producer stay side by side under their own names: a compiled
+            # model may refer to its context binary by file name.
+            relative = (f"in/{ref.stage}/{ref.name}" if isinstance(ref, OutputRef)
+                        else f"in/src/{index}/{ref.path.name}")
+            self._place_input(node, ref, parts["inputs"][name], scratch / relative)
+            inputs[name] = relative
+        threads, cpus = self._threads_and_cpus(node, slot)
+        job = {"stage_id": node.id, "kind": node.kind, "params": node.params, "inputs": inputs,
+               "threads": threads, "cpus": cpus}
+        (scratch / "job.json").write_text(json.dumps(job, sort_keys=True))
+        return job
+
+    def _place_input(self, node: StageNode, ref: FileRef | OutputRef, digest: str,
+                     dest: Path) -> None:
+        if isinstance(ref, FileRef):
+            # Snapshot the source file into the store: the stage reads exactly the bytes its
+            # key was computed from, even if the user edits the file while the build runs.
+            if not self.store.blob_ok(digest):
+                stored = self.store.put_blob(ref.path)
+                if stored != digest:
+                    raise StoreError(f"{node.id}: input {ref.path} changed during the build; "
+                                     f"run again")
+        elif not self.store.blob_ok(digest):
+            raise StoreError(f"{node.id}: input {ref.name} from {ref.stage} is missing or "
+                             f"corrupt in the store; run again to rebuild it")
+        self.store.get_blob(digest, dest, verify=False)
+
+    def _spawn(self, stage_id: str, scratch: Path, timeout: float | None) -> tuple[int, bool]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(scratch / "log.txt", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "buildsys.execute.worker", str(scratch / "job.json")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=scratch, start_new_session=True,  # own process group: kill it whole
+            )
+            with self._lock:
+                self._processes[stage_id] = process
+            try:
+                return process.wait(timeout=timeout), False
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                return process.wait(), True
+            finally:
+                with self._lock:
+                    self._processes.pop(stage_id, None)
+
+    def _kill_all(self) -> None:
+        with self._lock:
+            processes = list(self._processes.values())
+        for process in processes:
+            _kill_group(process)
+
+    @staticmethod
+    def _keep_log(scratch_log: Path, log_path: Path) -> str:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        text = scratch_log.read_text(errors="replace") if scratch_log.exists() else ""
+        tmp = log_path.with_name(f".{log_path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, log_path)
+        return text[-LOG_TAIL:]
+
+    @staticmethod
+    def _read_result(scratch: Path, returncode: int, timed_out: bool,
+                     timeout: float | None) -> dict[str, Any]:
+        if timed_out:
+            return {"ok": False, "error": f"timed out after {timeout:g} s and was killed"}
+        if returncode < 0:
+            name = signal.Signals(-returncode).name
+            return {"ok": False, "error": f"worker killed by {name} (a crash in native code?)"}
+        try:
+            result = json.loads((scratch / "result.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {"ok": False, "error": f"worker exited with status {returncode} "
+                                          f"without a result"}
+        if result.get("ok") and returncode != 0:
+            return {"ok": False, "error": f"worker exited with status {returncode}"}
+        return result
+
+    def _ingest(self, node: StageNode, planned: Any, job: dict[str, Any], scratch: Path,
+                result: dict[str, Any], duration: float, log_text: str) -> dict[str, Any]:
+        out_dir = scratch / "out"
+        produced = sorted(p for p in out_dir.rglob("*") if p.is_file())
+        names = [p.relative_to(out_dir).as_posix() for p in produced]
+        missing = [n for n in node.outputs if n not in names]
+        if missing:
+            raise ModelbuildError(f"{node.id}: stage did not write {', '.join(missing)}")
+        outputs = {}
+        for name, path in zip(names, produced, strict=True):
+            size = path.stat().st_size
+            outputs[name] = {"digest": self.store.put_blob(path), "size": size}
+        record = {
+            "stage_id": node.id, "kind": node.kind, "key": planned.key,
+            "ingredients": planned.ingredients, "outputs": outputs,
+            "metrics": result.get("metrics") or {}, "duration_s": round(duration, 3),
+            "log": log_text,
+        }
+        # Blobs first, record last: a record never points at bytes that are not there.
+        self.store.put_record(planned.key, record)
+        self.store.index.set_last_key(node.id, planned.key)
+        return record
+
+    def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:
+        targets = [self.options.build_dir / node.id]
+        if node.publish_dir:
+            targets.append(self.options.project_dir / node.publish_dir)
+        for base in targets:
+            for name, output in record["outputs"].items():
+                dest = base / name
+                if not self.store.blobs.is_materialised(output["digest"], dest):
+                    self.store.get_blob(output["digest"], dest, verify=False)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

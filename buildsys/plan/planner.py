@@ -1,0 +1,112 @@
+"""Decide, before anything runs, which stages are cached and why the others must run.
+
+Constructive traces: a stage whose inputs are all known (source files, or outputs of cached
+stages) gets its key now; if the store has a complete record for that key it is `cached`.
+A stage downstream of one that runs cannot be keyed yet: it is planned `run` and may still turn
+out cached at execution time, when its inputs' real digests are known (early cutoff).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from buildsys.plan.graph import matches, topological_order
+from buildsys.plan.keys import explain_change, ingredients, stage_key
+from buildsys.plan.node import FileRef, StageNode
+from buildsys.store.store import Store
+
+CACHED, RUN, SKIPPED = "cached", "run", "skipped"
+
+
+@dataclass
+class PlannedStage:
+    node: StageNode
+    status: str
+    reason: str
+    key: str | None = None
+    ingredients: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
+    forced: bool = False
+
+
+@dataclass
+class Plan:
+    graph: nx.DiGraph
+    order: list[str]
+    stages: dict[str, PlannedStage] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.stages.values() if s.status == status)
+
+
+def file_digests(node: StageNode, store: Store) -> dict[str, str]:
+    return {name: store.stats.digest(ref.path) for name, ref in node.inputs.items()
+            if isinstance(ref, FileRef)}
+
+
+def resolve_input_digests(node: StageNode, store: Store,
+                          records: dict[str, dict[str, Any]]) -> dict[str, str] | None:
+    """Digest of every input, or None if an upstream stage has no record yet."""
+    digests = file_digests(node, store)
+    for name, ref in node.inputs.items():
+        if isinstance(ref, FileRef):
+            continue
+        record = records.get(ref.stage)
+        if record is None:
+            return None
+        output = record["outputs"].get(ref.name)
+        if output is None:
+            return None
+        digests[name] = output["digest"]
+    return digests
+
+
+def last_ingredients(store: Store, stage_id: str) -> dict[str, Any] | None:
+    key = store.index.get_last_key(stage_id)
+    record = store.get_record(key) if key else None
+    return record.get("ingredients") if record else None
+
+
+def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
+              blocked: dict[str, str] | None = None) -> Plan:
+    """`blocked` maps stage ids to a reason they cannot run (e.g. AI Hub offline)."""
+    plan = Plan(graph=graph, order=topological_order(graph))
+    records: dict[str, dict[str, Any]] = {}
+    blocked = blocked or {}
+    for stage_id in plan.order:
+        node: StageNode = graph.nodes[stage_id]["node"]
+        forced = any(matches(stage_id, p) for p in force or [])
+        upstream_skipped = [u for u in graph.predecessors(stage_id)
+                            if plan.stages[u].status == SKIPPED]
+        if stage_id in blocked or upstream_skipped:
+            reason = blocked.get(stage_id) or f"upstream {upstream_skipped[0]} is skipped"
+            plan.stages[stage_id] = PlannedStage(node, SKIPPED, reason)
+            continue
+        digests = resolve_input_digests(node, store, records)
+        if digests is None:
+            pending = sorted(u for u in graph.predecessors(stage_id)
+                             if plan.stages[u].status == RUN)
+            reason = "forced" if forced else f"input changed: {pending[0]} runs first"
+            plan.stages[stage_id] = PlannedStage(node, RUN, reason, forced=forced)
+            continue
+        parts = ingredients(node, digests)
+        key = stage_key(parts)
+        record = store.get_record(key)
+        damaged = store.damaged_outputs(record) if record is not None else []
+        if record is not None and not damaged and not forced:
+            records[stage_id] = record
+            plan.stages[stage_id] = PlannedStage(node, CACHED, "up to date", key, parts, record)
+            continue
+        if forced:
+            reason = "forced"
+        elif record is not None:
+            reason = f"cached output missing or corrupt in the store: {', '.join(damaged)}"
+            warnings.warn(f"{stage_id}: {reason}; it runs again", stacklevel=2)
+        else:
+            reason = explain_change(last_ingredients(store, stage_id), parts)
+        plan.stages[stage_id] = PlannedStage(node, RUN, reason, key, parts, forced=forced)
+    return plan

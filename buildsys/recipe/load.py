@@ -1,0 +1,70 @@
+"""Load a recipe: parse, validate against the schema, check references, expand the matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import RecipeError
+from buildsys.hashing import digest_value
+from buildsys.recipe.matrix import Variant, expand_builds
+from buildsys.recipe.references import reference_problems
+from buildsys.recipe.schema import schema_problems
+from buildsys.recipe.yaml_source import YamlDocument, load_yaml
+
+DEFAULT_SETTINGS = {"opset": 18, "build_dir": "build", "dist_dir": "dist", "timeouts": {}}
+
+
+@dataclass
+class Recipe:
+    path: Path
+    data: dict[str, Any]
+    doc: YamlDocument
+    variants: list[Variant] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.data["recipe"])
+
+    @property
+    def project_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {**DEFAULT_SETTINGS, **(self.data.get("settings") or {})}
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.data.get(name) or {}
+
+    def digest(self) -> str:
+        """Digest of the recipe's meaning (formatting and comments do not count)."""
+        return digest_value(self.data)
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Return the validated recipe or raise RecipeError listing every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([f"{path}: recipe file not found"])
+    doc = load_yaml(path)
+    problems = list(doc.problems)
+    if doc.data is not None and not isinstance(doc.data, dict):
+        problems.append(f"{path}:1:1: a recipe is a mapping (key: value), got "
+                        f"{type(doc.data).__name__}")
+    if problems:
+        raise RecipeError(problems)
+    problems = schema_problems(doc)
+    if problems:
+        raise RecipeError(problems)
+    problems = reference_problems(doc, path.resolve().parent)
+    if problems:
+        raise RecipeError(problems)
+    recipe = Recipe(path=path.resolve(), data=doc.data, doc=doc)
+    recipe.variants = expand_builds(doc.data)
+    return recipe

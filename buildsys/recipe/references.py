@@ -1,0 +1,201 @@
+"""Checks the schema cannot express: cross references, impossible combinations, missing files."""
+
+from __future__ import annotations
+
+import difflib
+import glob
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from buildsys.recipe.matrix import AXES, as_list
+from buildsys.recipe.yaml_source import YamlDocument, format_path
+
+SECTION_OF_AXIS = {
+    "model": "models",
+    "quantization": "quantization",
+    "target": "targets",
+    "device": "devices",
+}
+BUILTIN_SCHEMES = {"float"}
+
+# Which runtimes each device backend can run (AI Hub compiles and runs all of them remotely).
+RUNTIMES_BY_BACKEND = {
+    "host": {"onnx", "tflite"},
+    "qnn-htp-simulator": {"qnn_context_binary"},
+    "aihub": {"onnx", "qnn_context_binary", "tflite", "qnn_dlc", "precompiled_qnn_onnx"},
+}
+
+
+def reference_problems(doc: YamlDocument, project_dir: Path) -> list[str]:
+    data: dict[str, Any] = doc.data
+    checker = _Checker(doc, project_dir)
+    checker.check_builds(data)
+    checker.check_datasets_referenced(data)
+    checker.check_devices(data)
+    checker.check_files(data)
+    checker.check_steps(data)
+    return checker.problems
+
+
+class _Checker:
+    def __init__(self, doc: YamlDocument, project_dir: Path) -> None:
+        self.doc = doc
+        self.project_dir = project_dir
+        self.problems: list[str] = []
+
+    def report(self, path: tuple[str | int, ...], message: str) -> None:
+        self.problems.append(f"{self.doc.where(path)}: {format_path(path)}: {message}")
+
+    def _declared(self, axis: str) -> set[str]:
+        names = set(self.doc.data.get(SECTION_OF_AXIS[axis]) or {})
+        return names | BUILTIN_SCHEMES if axis == "quantization" else names
+
+    def _name_ref(self, path: tuple[str | int, ...], axis: str, name: str) -> None:
+        declared = self._declared(axis)
+        if name not in declared:
+            hint = difflib.get_close_matches(name, sorted(declared), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            self.report(
+                path,
+                f"{axis} {name!r} is not declared under {SECTION_OF_AXIS[axis]}:{suggestion}",
+            )
+
+    def check_builds(self, data: dict[str, Any]) -> None:
+        targets = data.get("targets") or {}
+        devices = data.get("devices") or {}
+        schemes = data.get("quantization") or {}
+        for index, entry in enumerate(data.get("builds") or []):
+            for axis in AXES:
+                values = as_list(entry[axis])
+                for pos, name in enumerate(values):
+                    path = ("builds", index, axis) if isinstance(entry[axis], str) else (
+                        "builds", index, axis, pos)
+                    self._name_ref(path, axis, name)
+            for rule_index, rule in enumerate(entry.get("exclude") or []):
+                for axis in AXES:
+                    for name in as_list(rule.get(axis, [])):
+                        self._name_ref(("builds", index, "exclude", rule_index, axis), axis, name)
+            for target_name in as_list(entry["target"]):
+                target = targets.get(target_name)
+                if not target:
+                    continue
+                for device_name in as_list(entry["device"]):
+                    device = devices.get(device_name)
+                    if device and target["runtime"] not in RUNTIMES_BY_BACKEND[device["backend"]]:
+                        can = ", ".join(sorted(RUNTIMES_BY_BACKEND[device["backend"]]))
+                        self.report(
+                            ("builds", index, "device"),
+                            f"device {device_name!r} ({device['backend']}) cannot run target "
+                            f"{target_name!r} (runtime {target['runtime']}); it runs: {can}",
+                        )
+                for scheme_name in as_list(entry["quantization"]):
+                    self._check_scheme_on_target(index, scheme_name, schemes, target_name, target,
+                                                 [devices.get(d) for d in as_list(entry["device"])])
+
+    def _check_scheme_on_target(self, index: int, scheme_name: str, schemes: dict[str, Any],
+                                target_name: str, target: dict[str, Any],
+                                devices: list[dict[str, Any] | None]) -> None:
+        local = any(d and d["backend"] != "aihub" for d in devices)
+        if scheme_name == "float" and target["runtime"] == "qnn_context_binary" and target.get(
+                "float") == "refuse" and local:
+            self.report(("builds", index, "quantization"),
+                        f"target {target_name!r} refuses float models on HTP "
+                        f"(set targets.{target_name}.float: fp16, or quantize)")
+        if target["runtime"] == "tflite" and scheme_name != "float" and local:
+            self.report(("builds", index, "quantization"),
+                        f"local tflite target {target_name!r} converts the float torch model; "
+                        f"scheme {scheme_name!r} needs an aihub device")
+        scheme = schemes.get(scheme_name)
+        if scheme and scheme["engine"] == "aihub" and not any(
+                d and d["backend"] == "aihub" for d in devices) and not (
+                self.doc.data.get("devices") or {}):
+            self.report(("quantization", scheme_name, "engine"), "aihub engine needs AI Hub")
+
+    def check_datasets_referenced(self, data: dict[str, Any]) -> None:
+        datasets = data.get("datasets") or {}
+        for name, scheme in (data.get("quantization") or {}).items():
+            self._dataset_ref(("quantization", name, "calibration"), scheme["calibration"],
+                              datasets, "calibration", scheme.get("samples"))
+        validate = data.get("validate") or {}
+        if "dataset" in validate:
+            self._dataset_ref(("validate", "dataset"), validate["dataset"], datasets, "validation",
+                              None)
+
+    def _dataset_ref(self, path: tuple[str, ...], name: str, datasets: dict[str, Any],
+                     split: str, samples: int | None) -> None:
+        if name not in datasets:
+            hint = difflib.get_close_matches(name, sorted(datasets), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            self.report(path, f"dataset {name!r} is not declared under datasets:{suggestion}")
+            return
+        available = datasets[name].get(split)
+        if available == 0:
+            self.report(path, f"dataset {name!r} has an empty {split} split")
+        elif samples is not None and available is not None and samples > available:
+            self.report(path, f"asks for {samples} {split} samples but dataset {name!r} "
+                              f"has {available} in its {split} split")
+
+    def check_devices(self, data: dict[str, Any]) -> None:
+        from buildsys.backends import chipsets
+
+        known = set(chipsets.CHIPSETS)
+        for name, device in (data.get("devices") or {}).items():
+            path = ("devices", name)
+            backend = device["backend"]
+            if backend == "qnn-htp-simulator":
+                chipset = device.get("chipset")
+                if not chipset:
+                    self.report(path, "qnn-htp-simulator needs a chipset (e.g. sm8550)")
+                elif chipset not in known:
+                    hint = difflib.get_close_matches(chipset, sorted(known), n=1)
+                    suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+                    self.report((*path, "chipset"), f"unknown chipset {chipset!r}; {suggestion}"
+                                f"known: {', '.join(sorted(known))}")
+            if backend == "aihub" and not (device.get("name") or device.get("attributes")):
+                self.report(path, "an aihub device needs a name or attributes")
+
+    def check_files(self, data: dict[str, Any]) -> None:
+        for name, model in (data.get("models") or {}).items():
+            source = model["source"]
+            for key in ("weights", "torchscript", "onnx", "exported_program"):
+                if source.get(key):
+                    self._file_exists(("models", name, "source", key), source[key])
+        for name, dataset in (data.get("datasets") or {}).items():
+            if "images" in dataset:
+                pattern = str(self.project_dir / dataset["images"])
+                if not glob.glob(pattern, recursive=True):
+                    self.report(("datasets", name, "images"),
+                                f"glob {dataset['images']!r} matches no file")
+            for key in ("npz", "npy"):
+                if key in dataset:
+                    self._file_exists(("datasets", name, key), dataset[key])
+
+    def _file_exists(self, path: tuple[str, ...], relative: str) -> None:
+        if not (self.project_dir / relative).is_file():
+            self.report(path, f"file {relative!r} does not exist (relative to {self.project_dir})")
+
+    def check_steps(self, data: dict[str, Any]) -> None:
+        produced: dict[str, str] = {}
+        for name, step in (data.get("steps") or {}).items():
+            for pos, out in enumerate(step["outs"]):
+                path = ("steps", name, "outs", pos)
+                if not is_safe_relative(out):
+                    self.report(path, f"output {out!r} must be a relative path inside the project")
+                elif out in produced:
+                    self.report(path, f"output {out!r} is also written by step {produced[out]!r}")
+                else:
+                    produced[out] = name
+        for name, step in (data.get("steps") or {}).items():
+            for pos, dep in enumerate(step.get("deps") or []):
+                path = ("steps", name, "deps", pos)
+                if not is_safe_relative(dep):
+                    self.report(path, f"input {dep!r} must be a relative path inside the project")
+                elif dep not in produced and not (self.project_dir / dep).is_file():
+                    self.report(path, f"input {dep!r} is neither a file (relative to "
+                                      f"{self.project_dir}) nor another step's output")
+
+
+def is_safe_relative(path: str) -> bool:
+    """A relative POSIX path that stays inside its base (no `..`, not absolute, not empty)."""
+    pure = PurePosixPath(path)
+    return bool(path) and not pure.is_absolute() and ".." not in pure.parts and "\\" not in path

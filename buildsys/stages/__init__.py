@@ -1,0 +1,33 @@
+"""Registry of stage kinds. Modules are imported on first use, so looking up a kind is cheap."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from buildsys.stages.base import Stage
+
+STAGE_CLASSES = {
+    "command": "buildsys.stages.command:CommandStage",
+    "dataset": "buildsys.stages.dataset:DatasetStage",
+    "capture": "buildsys.stages.capture:CaptureStage",
+    "export": "buildsys.stages.export:ExportStage",
+    "optimize": "buildsys.stages.optimize:OptimizeStage",
+    "reference": "buildsys.stages.reference:ReferenceStage",
+    "quantize": "buildsys.stages.quantize:QuantizeStage",
+    "compile": "buildsys.stages.compile:CompileStage",
+    "profile": "buildsys.stages.profile:ProfileStage",
+    "infer": "buildsys.stages.infer:InferStage",
+    "validate": "buildsys.stages.validate:ValidateStage",
+    "package": "buildsys.stages.package:PackageStage",
+    "release": "buildsys.stages.release:ReleaseIndexStage",
+    "aihub_compile": "buildsys.stages.aihub:AIHubCompileStage",
+    "aihub_quantize": "buildsys.stages.aihub:AIHubQuantizeStage",
+    "aihub_infer": "buildsys.stages.aihub:AIHubInferStage",
+}
+
+
+@cache
+def stage_class(kind: str) -> type[Stage]:
+    module_name, _, class_name = STAGE_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

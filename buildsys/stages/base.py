@@ -1,0 +1,65 @@
+"""What a stage is: a pure function from (parameters, input files, tool versions) to output files.
+
+A stage class declares its kind, its implementation version (bump it when the code changes what
+it produces) and the distributions whose versions enter its key. Its `run` receives a
+`StageContext` and writes files into `ctx.out_dir`; whatever it returns is recorded as metrics.
+Stage modules import heavy libraries inside `run` only: the planner imports every stage module.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from buildsys.errors import StageError
+
+
+class CheckFailed(StageError):
+    """A numeric check failed: the stage ran fine but its figures miss a recipe threshold."""
+
+    def __init__(self, message: str, metrics: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
+@dataclass
+class StageContext:
+    stage_id: str
+    params: dict[str, Any]
+    inputs: dict[str, Path]
+    out_dir: Path
+    work_dir: Path
+    threads: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def input(self, name: str) -> Path:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise StageError(f"{self.stage_id}: missing input {name!r}") from None
+
+    def output(self, name: str) -> Path:
+        path = self.out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+
+class Stage:
+    kind: ClassVar[str]
+    version: ClassVar[str] = "1"
+    tools: ClassVar[tuple[str, ...]] = ()
+    # Threads this stage can use well; the executor caps it by its per-worker budget.
+    max_threads: ClassVar[int] = 1
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """Distributions whose versions change this stage's output (may depend on params)."""
+        return cls.tools
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        raise NotImplementedError

@@ -1,0 +1,124 @@
+"""Content-addressed blob store on the local disk: `cas/<d[:2]>/<digest>`, read-only files.
+
+Every write goes to a temporary file in the same filesystem and is renamed into place, so a
+reader never sees half a blob. A blob is ingested by hardlink where possible (no copy of large
+model files), and hashed while it is read so the digest always describes the stored bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from buildsys.errors import StoreError
+from buildsys.hashing import ALGORITHM, digest_file
+
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cas = root / "cas"
+        self.tmp = root / "tmp"
+
+    def _path(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise StoreError(f"not a blob digest: {digest!r}")
+        return self.cas / digest[:2] / digest
+
+    def path_of(self, digest: str) -> Path:
+        """Where the blob lives; for the store's own checks (stat fingerprints) only."""
+        return self._path(digest)
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        """Cheap presence check (no hashing): exists, and has the expected size if given."""
+        try:
+            st = self._path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def size(self, digest: str) -> int:
+        return self._path(digest).stat().st_size
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash the blob; False if missing or its bytes no longer match its name."""
+        try:
+            return digest_file(self._path(digest)) == digest
+        except FileNotFoundError:
+            return False
+
+    def put_file(self, source: Path) -> str:
+        """Store the file's bytes; returns their digest. The source is left in place."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        tmp = Path(tmp_name)
+        try:
+            hasher = hashlib.new(ALGORITHM)
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hasher.hexdigest()
+            final = self._path(digest)
+            if self.has(digest, source.stat().st_size) and self.verify(digest):
+                return digest  # deduplicated: identical bytes are already stored
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, READ_ONLY)
+            os.replace(tmp, final)
+            return digest
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(f"disk full while storing {source.name} in {self.root}") from exc
+            raise StoreError(f"cannot store {source.name} in {self.root}: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def materialise(self, digest: str, dest: Path, *, verify: bool = True) -> None:
+        """Place the blob at `dest` (hardlink, or a read-only copy across filesystems)."""
+        source = self._path(digest)
+        if verify and not self.verify(digest):
+            raise StoreError(f"blob {digest[:12]} is missing or corrupt")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, READ_ONLY)
+        os.replace(tmp, dest)
+
+    def is_materialised(self, digest: str, dest: Path) -> bool:
+        """True when `dest` is a hardlink of the blob (same inode): nothing to do, no hashing."""
+        try:
+            a, b = dest.stat(), self._path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+    def delete(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(digest).unlink()
+
+    def digests(self) -> Iterator[str]:
+        if not self.cas.is_dir():
+            return
+        for sub in sorted(self.cas.iterdir()):
+            for blob in sorted(sub.iterdir()):
+                yield blob.name
+
+    def total_size(self) -> int:
+        return sum(self.size(d) for d in self.digests())
