@@ -68,7 +68,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         finally:
             progress.close()
         previous_lock = read_lock(recipe.lock_path)
-        mismatches = lock_mismatches(previous_lock, outcomes) if options.check else []
+        mismatches = lock_mismatches(previous_lock, plan, outcomes) if options.check else []
         if not options.check:
             update_lock(recipe, previous_lock, plan, outcomes)
         wall = time.monotonic() - started
@@ -92,11 +92,14 @@ def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Pl
     stages = {sid: entry for sid, entry in previous.items() if sid in known}
     for stage_id, outcome in outcomes.items():
         if outcome.ok and outcome.record and outcome.key:
-            stages[stage_id] = lock_entry(outcome.key, outcome.record["outputs"])
+            node = plan.stages[stage_id].node
+            stages[stage_id] = lock_entry(outcome.key, outcome.record["outputs"],
+                                          node.measurements)
     write_lock(recipe.lock_path, recipe.name, stages)
 
 
-def lock_mismatches(lock: dict[str, dict[str, object]], outcomes: dict[str, Outcome]) -> list[str]:
+def lock_mismatches(lock: dict[str, dict[str, object]], plan: Plan,
+                    outcomes: dict[str, Outcome]) -> list[str]:
     problems = []
     for stage_id, outcome in sorted(outcomes.items()):
         if not (outcome.ok and outcome.record):
@@ -105,7 +108,8 @@ def lock_mismatches(lock: dict[str, dict[str, object]], outcomes: dict[str, Outc
         if entry is None:
             problems.append(f"{stage_id}: not in the lock file")
             continue
-        produced = lock_entry(outcome.key or "", outcome.record["outputs"])["outputs"]
+        produced = lock_entry(outcome.key or "", outcome.record["outputs"],
+                              plan.stages[stage_id].node.measurements)["outputs"]
         if produced != entry.get("outputs"):
             differing = sorted(n for n in set(produced) | set(entry.get("outputs") or {})
                                if produced.get(n) != (entry.get("outputs") or {}).get(n))

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             from buildsys.commands import run_subcommand
 
             return run_subcommand(argv[0], argv[1:])
-        return _build(build_parser().parse_args(argv))
+        return _build(build_parser().parse_intermixed_args(argv))
     except RecipeError as exc:
         print(f"error: the recipe has {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:

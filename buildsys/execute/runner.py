@@ -7,6 +7,7 @@ then — so a re-run upstream stage that produced identical bytes leaves it cach
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,13 @@ from typing import Any, Protocol
 from buildsys.errors import ModelbuildError, StoreError
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
-from buildsys.plan.planner import CACHED, RUN, SKIPPED, Plan, resolve_input_digests
+from buildsys.plan.planner import (
+    CACHED,
+    SKIPPED,
+    Plan,
+    resolve_input_digests,
+    upstream_keys,
+)
 from buildsys.stages import stage_class
 from buildsys.store.store import Store
 
@@ -148,7 +155,7 @@ class Executor:
         records = {u: self.outcomes[u].record for u in self.plan.graph.predecessors(stage_id)}
         digests = resolve_input_digests(node, self.store, records)  # type: ignore[arg-type]
         assert digests is not None, f"{stage_id}: upstream finished without outputs"
-        planned.ingredients = ingredients(node, digests)
+        planned.ingredients = ingredients(node, digests, upstream_keys(node, records))
         planned.key = stage_key(planned.ingredients)
         if planned.forced:
             return None
@@ -222,7 +229,8 @@ class Executor:
             inputs[name] = relative
         threads, cpus = self._threads_and_cpus(node, slot)
         job = {"stage_id": node.id, "kind": node.kind, "params": node.params, "inputs": inputs,
-               "threads": threads, "cpus": cpus}
+               "threads": threads, "cpus": cpus,
+               "extras": {"sys_path": [str(self.options.project_dir)]}}
         (scratch / "job.json").write_text(json.dumps(job, sort_keys=True))
         return job
 
@@ -327,7 +335,5 @@ class Executor:
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

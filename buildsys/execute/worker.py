@@ -7,6 +7,7 @@ segfault in a native library — ends only this process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,16 +22,16 @@ def _limit_threads(threads: int, cpus: list[int] | None) -> None:
         os.environ[var] = str(threads)
     os.environ["MODELBUILD_THREADS"] = str(threads)
     if cpus and hasattr(os, "sched_setaffinity"):
-        try:
+        with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cpus)
-        except OSError:
-            pass
 
 
 def run_job(job_path: Path) -> int:
     job = json.loads(job_path.read_text())
     scratch = job_path.parent
     _limit_threads(int(job["threads"]), job.get("cpus"))
+    # User model code (`python: mymodels:net`) is importable from the recipe's project.
+    sys.path[:0] = (job.get("extras") or {}).get("sys_path", [])
 
     from buildsys.errors import ModelbuildError
     from buildsys.stages import stage_class

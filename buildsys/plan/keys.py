@@ -22,12 +22,16 @@ def tool_version(distribution: str) -> str:
         return "not installed"
 
 
-def ingredients(node: StageNode, input_digests: dict[str, str]) -> dict[str, Any]:
+def ingredients(node: StageNode, input_digests: dict[str, str],
+                upstream_keys: dict[str, str] | None = None) -> dict[str, Any]:
     cls = stage_class(node.kind)
+    params = node.params
+    if cls.wants_upstream_keys:
+        params = {**params, "upstream_keys": dict(sorted((upstream_keys or {}).items()))}
     return {
         "kind": node.kind,
         "version": cls.version,
-        "params": node.params,
+        "params": params,
         "inputs": dict(sorted(input_digests.items())),
         "tools": {name: tool_version(name) for name in sorted(cls.tool_names(node.params))},
     }

@@ -35,6 +35,9 @@ class StageNode:
     timeout: float | None = None
     publish_dir: str | None = None  # also materialise outputs here (relative to the project)
     labels: dict[str, str] = field(default_factory=dict)  # model/quantization/target/device
+    # Outputs that are measurements (timings): recorded, but not part of the lock's
+    # reproducibility check, since no two runs time the same.
+    measurements: tuple[str, ...] = ()
 
     def upstream(self) -> set[str]:
         return {ref.stage for ref in self.inputs.values() if isinstance(ref, OutputRef)}

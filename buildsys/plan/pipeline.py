@@ -1,10 +1,314 @@
-"""Model variants → stage nodes (filled in by the model stages)."""
+"""Model variants → stage nodes.
+
+Per model: export (fp32 ONNX), optional optimize, reference outputs; per scheme: quantize; per
+target (and chipset where the compiler needs one): compile; per device: infer, profile,
+validate, package; one release index over every package. Shared work is one node: every
+variant of a model reads the same export, every device with the same chipset the same compile.
+"""
 
 from __future__ import annotations
 
-from buildsys.plan.node import StageNode
+from pathlib import Path
+from typing import Any
+
+from buildsys.plan.node import FileRef, InputRef, OutputRef, StageNode
+from buildsys.plan.sources import module_files
 from buildsys.recipe.load import Recipe
+from buildsys.recipe.matrix import Variant
+
+TORCH_SOURCES = ("python", "torchscript", "exported_program", "qai_hub_models")
+SOURCE_FILE_KEYS = ("weights", "torchscript", "onnx", "exported_program")
+COMPILED_FILES = {
+    "onnx": ("model.onnx",),
+    "qnn_context_binary": ("model_ctx.onnx", "model_ctx_qnn.bin"),
+    "tflite": ("model.tflite",),
+}
+DEFAULT_PROFILE = {"host": {"warmup": 2, "runs": 10}}
+
+
+class PipelineBuilder:
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.nodes: dict[str, StageNode] = {}
+        self.timeouts: dict[str, float] = recipe.settings["timeouts"]
+
+    def add(self, node: StageNode) -> str:
+        node.timeout = node.timeout or self.timeouts.get(node.kind)
+        self.nodes.setdefault(node.id, node)
+        return node.id
+
+    # --- model sources -------------------------------------------------------------------
+    def model(self, name: str) -> dict[str, Any]:
+        return self.recipe.section("models")[name]
+
+    def io_spec(self, name: str) -> dict[str, Any]:
+        model = self.model(name)
+        inputs = {k: {"shape": v["shape"], "dtype": v.get("dtype", "float32")}
+                  for k, v in model["inputs"].items()}
+        return {"inputs": inputs, "outputs": list(model.get("outputs") or ["output_0"])}
+
+    def source(self, name: str) -> tuple[dict[str, Any], dict[str, InputRef]]:
+        """Source parameters without paths (files enter as inputs, by digest)."""
+        source = self.model(name)["source"]
+        project = self.recipe.project_dir
+        params: dict[str, Any] = {}
+        inputs: dict[str, InputRef] = {}
+        for key, value in source.items():
+            if key in SOURCE_FILE_KEYS:
+                if value:
+                    inputs[f"source/{key}"] = FileRef(project / value)
+                params[key] = bool(value)
+            else:
+                params[key] = value
+        if "python" in source:
+            module = source["python"].partition(":")[0]
+            for path in module_files(module, project):
+                inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+        return params, inputs
+
+    def is_torch(self, name: str) -> bool:
+        return any(k in self.model(name)["source"] for k in TORCH_SOURCES)
+
+    # --- shared stages ---------------------------------------------------------------------
+    def dataset(self, dataset: str, split: str, model: str, count: int | None) -> str:
+        from buildsys.data.datasets import input_files
+
+        spec = self.recipe.section("datasets")[dataset]
+        project = self.recipe.project_dir
+        inputs = {f"files/{i:05d}/{p.name}": FileRef(p)
+                  for i, p in enumerate(input_files(spec, project))}
+        params = {"spec": {k: v for k, v in spec.items() if k not in ("images", "npz", "npy")},
+                  "split": split, "count": count, "io": self.io_spec(model)}
+        if "python" in spec:
+            for path in module_files(spec["python"].partition(":")[0], project):
+                inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+        suffix = f"-{count}" if count is not None else ""
+        return self.add(StageNode(f"data/{dataset}/{split}{suffix}@{model}", "dataset", params,
+                                  inputs, outputs=("samples.npz",)))
+
+    def export(self, model: str) -> str:
+        params, inputs = self.source(model)
+        params = {"source": params, "io": self.io_spec(model), "opset": self.opset(model)}
+        return self.add(StageNode(f"{model}/export", "export", params, inputs,
+                                  outputs=("model.onnx",), labels={"model": model}))
+
+    def opset(self, model: str) -> int:
+        return int(self.model(model).get("opset") or self.recipe.settings["opset"])
+
+    def float_onnx(self, model: str) -> OutputRef:
+        """The fp32 ONNX every later stage starts from: optimized if the recipe asks."""
+        optimize = self.model(model).get("optimize") or {}
+        if not any(optimize.values()) or not self.is_torch(model):
+            return OutputRef(self.export(model), "model.onnx")
+        params, inputs = self.source(model)
+        params = {"source": params, "io": self.io_spec(model), "opset": self.opset(model),
+                  "optimize": optimize}
+        stage = self.add(StageNode(f"{model}/optimize", "optimize", params, inputs,
+                                   outputs=("model.onnx",), labels={"model": model}))
+        return OutputRef(stage, "model.onnx")
+
+    def validation_dataset(self) -> str | None:
+        return (self.recipe.section("validate") or {}).get("dataset")
+
+    def reference(self, model: str) -> str | None:
+        dataset = self.validation_dataset()
+        if dataset is None:
+            return None
+        samples = self.dataset(dataset, "validation", model, None)
+        if self.is_torch(model):
+            params, inputs = self.source(model)
+        else:
+            params, inputs = {}, {"model": OutputRef(self.export(model), "model.onnx")}
+        inputs["samples"] = OutputRef(samples, "samples.npz")
+        params = {"source": params, "io": self.io_spec(model)}
+        return self.add(StageNode(f"{model}/reference", "reference", params, inputs,
+                                  outputs=("reference.npz",), labels={"model": model}))
+
+    def quantized(self, model: str, scheme_name: str) -> OutputRef:
+        if scheme_name == "float":
+            return self.float_onnx(model)
+        scheme = self.recipe.section("quantization")[scheme_name]
+        samples = self.dataset(scheme["calibration"], "calibration", model, scheme.get("samples"))
+        inputs: dict[str, InputRef] = {"calibration": OutputRef(samples, "samples.npz")}
+        params: dict[str, Any] = {"scheme": {k: v for k, v in scheme.items()
+                                             if k not in ("calibration", "validate")},
+                                  "io": self.io_spec(model)}
+        if scheme["engine"] == "aimet":
+            source_params, source_inputs = self.source(model)
+            inputs.update(source_inputs)
+            params["source"] = source_params
+            params["optimize"] = self.model(model).get("optimize") or {}
+        else:
+            inputs["model"] = self.float_onnx(model)
+        kind = "aihub_quantize" if scheme["engine"] == "aihub" else "quantize"
+        stage = self.add(StageNode(f"{model}/{scheme_name}/quantize", kind, params, inputs,
+                                   outputs=("model.onnx",),
+                                   labels={"model": model, "quantization": scheme_name}))
+        return OutputRef(stage, "model.onnx")
+
+    def compile(self, v: Variant) -> str:
+        target = self.recipe.section("targets")[v.target]
+        device = self.recipe.section("devices")[v.device]
+        runtime = target["runtime"]
+        labels = {"model": v.model, "quantization": v.quantization, "target": v.target}
+        if device["backend"] == "aihub":
+            return self.aihub_compile(v, target, device, labels)
+        params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
+                                  "precision": "float" if v.quantization == "float" else "quant"}
+        stage_id = f"{v.model}/{v.quantization}/{v.target}/compile"
+        if runtime == "tflite":
+            source_params, inputs = self.source(v.model)
+            params["source"] = source_params
+        else:
+            inputs = {"model": self.quantized(v.model, v.quantization)}
+        if runtime == "onnx":
+            params["optimization"] = target.get("optimization", "extended")
+            params["ort_format"] = bool(target.get("ort_format"))
+        if runtime == "qnn_context_binary":
+            params["chipset"] = device["chipset"]
+            params["float"] = target.get("float", "fp16")
+            stage_id = f"{v.model}/{v.quantization}/{v.target}@{device['chipset']}/compile"
+        return self.add(StageNode(stage_id, "compile", params, inputs,
+                                  outputs=COMPILED_FILES[runtime], labels=labels))
+
+    def aihub_compile(self, v: Variant, target: dict[str, Any], device: dict[str, Any],
+                      labels: dict[str, str]) -> str:
+        model_ref = self.quantized(v.model, v.quantization)
+        params = {"runtime": target["runtime"], "device": _aihub_device(device),
+                  "options": target.get("options", ""), "io": self.io_spec(v.model)}
+        return self.add(StageNode(f"{v.model}/{v.quantization}/{v.target}@{v.device}/compile",
+                                  "aihub_compile", params, {"model": model_ref},
+                                  labels=labels))
+
+    # --- per device -------------------------------------------------------------------------
+    def variant(self, v: Variant) -> str | None:
+        compile_id = self.compile(v)
+        compiled = self.nodes[compile_id]
+        device = self.recipe.section("devices")[v.device]
+        target = self.recipe.section("targets")[v.target]
+        labels = {"model": v.model, "quantization": v.quantization, "target": v.target,
+                  "device": v.device}
+        base = f"{v.model}/{v.quantization}/{v.target}/{v.device}"
+        model_inputs: dict[str, InputRef] = {f"compiled/{n}": OutputRef(compile_id, n)
+                                             for n in compiled.outputs}
+        if device["backend"] == "aihub":
+            model_inputs = {"compiled": OutputRef(compile_id, "job.json")}
+        run_params = {"runtime": target["runtime"], "backend": device["backend"],
+                      "chipset": device.get("chipset"), "io": self.io_spec(v.model)}
+        profile_id = None
+        if device["backend"] == "host":
+            profile = {**DEFAULT_PROFILE["host"], **(device.get("profile") or {})}
+            profile_id = self.add(StageNode(f"{base}/profile", "profile",
+                                            {**run_params, **profile}, dict(model_inputs),
+                                            outputs=("profile.json",), labels=labels,
+                                            measurements=("profile.json",)))
+        reference = self.reference(v.model)
+        if reference is None:
+            return profile_id
+        samples = self.dataset(self.validation_dataset() or "", "validation", v.model, None)
+        infer_kind = "aihub_infer" if device["backend"] == "aihub" else "infer"
+        if device["backend"] == "aihub":
+            run_params["device"] = _aihub_device(device)
+        infer_id = self.add(StageNode(
+            f"{base}/infer", infer_kind, run_params,
+            {**model_inputs, "samples": OutputRef(samples, "samples.npz")},
+            outputs=("outputs.npz", "infer.json"), labels=labels,
+            measurements=("infer.json",)))
+        validate_params = {"thresholds": v.thresholds(), "task": self.model(v.model).get(
+            "task", "other"), "outputs": self.io_spec(v.model)["outputs"]}
+        validate_id = self.add(StageNode(
+            f"{base}/validate", "validate", validate_params,
+            {"reference": OutputRef(reference, "reference.npz"),
+             "outputs": OutputRef(infer_id, "outputs.npz")},
+            outputs=("validation.json",), labels=labels))
+        if not v.package or device["backend"] == "aihub":
+            return validate_id
+        return self.package(v, compile_id, validate_id, labels)
+
+    def package(self, v: Variant, compile_id: str, validate_id: str,
+                labels: dict[str, str]) -> str:
+        compiled = self.nodes[compile_id]
+        variant_spec = {
+            "recipe": self.recipe.name,
+            "model": {v.model: self.model(v.model)},
+            "quantization": {v.quantization: self.recipe.section("quantization").get(
+                v.quantization, {"engine": "none"})},
+            "target": {v.target: self.recipe.section("targets")[v.target]},
+            "device": {v.device: self.recipe.section("devices")[v.device]},
+            "validate": v.thresholds(),
+        }
+        from buildsys.hashing import digest_value
+
+        archive = f"{self.recipe.name}-{v.model}-{v.quantization}-{v.target}-{v.device}.tar.gz"
+        source = self.model(v.model)["source"]
+        untrained = "python" in source and not source.get("weights")
+        params = {"variant": labels, "recipe_digest": digest_value(variant_spec),
+                  "weights_note": "untrained: initialised from seed "
+                                  f"{source.get('seed', 0)} (no weights file)" if untrained
+                                  else "trained weights from the recipe's source",
+                  "io": self.io_spec(v.model), "archive": archive,
+                  "runtime": self.recipe.section("targets")[v.target]["runtime"]}
+        inputs: dict[str, InputRef] = {f"model/{n}": OutputRef(compile_id, n)
+                                       for n in compiled.outputs}
+        inputs["validation"] = OutputRef(validate_id, "validation.json")
+        return self.add(StageNode(
+            f"{v.model}/{v.quantization}/{v.target}/{v.device}/package", "package", params,
+            inputs, outputs=(archive,), publish_dir=self.recipe.settings["dist_dir"],
+            labels=labels))
+
+    def release(self, finals: list[tuple[Variant, str | None]]) -> None:
+        entries = []
+        inputs: dict[str, InputRef] = {}
+        for v, _ in finals:
+            base = f"{v.model}/{v.quantization}/{v.target}/{v.device}"
+            entry: dict[str, Any] = {"id": base, "model": v.model, "quantization": v.quantization,
+                                     "target": v.target, "device": v.device}
+            for kind, name in (("package", None), ("profile", "profile.json"),
+                               ("infer", "infer.json"), ("validate", "validation.json")):
+                stage_id = f"{base}/{kind}"
+                if stage_id in self.nodes:
+                    output = name or self.nodes[stage_id].outputs[0]
+                    inputs[f"{base}/{kind}"] = OutputRef(stage_id, output)
+                    entry[kind] = output
+            compile_id = self._compile_of(v)
+            for n in self.nodes[compile_id].outputs:
+                inputs[f"{base}/compiled/{n}"] = OutputRef(compile_id, n)
+            entry["compiled"] = list(self.nodes[compile_id].outputs)
+            entries.append(entry)
+        if not entries:
+            return
+        params = {"recipe": self.recipe.name, "variants": entries,
+                  "dist_dir": self.recipe.settings["dist_dir"]}
+        self.add(StageNode("release/index", "release", params, inputs,
+                           outputs=("index.json", "README.md"),
+                           measurements=("index.json", "README.md"),
+                           publish_dir=self.recipe.settings["dist_dir"]))
+
+    def _compile_of(self, v: Variant) -> str:
+        device = self.recipe.section("devices")[v.device]
+        if device["backend"] == "aihub":
+            return f"{v.model}/{v.quantization}/{v.target}@{v.device}/compile"
+        if self.recipe.section("targets")[v.target]["runtime"] == "qnn_context_binary":
+            return f"{v.model}/{v.quantization}/{v.target}@{device['chipset']}/compile"
+        return f"{v.model}/{v.quantization}/{v.target}/compile"
+
+
+def _aihub_device(device: dict[str, Any]) -> dict[str, Any]:
+    return {k: device[k] for k in ("name", "attributes", "chipset") if device.get(k)}
+
+
+def _code_name(path: Path, project: Path) -> str:
+    """A stable, machine-independent name for a source file (no absolute paths in keys)."""
+    try:
+        return path.resolve().relative_to(project.resolve()).as_posix()
+    except ValueError:
+        parts = path.resolve().parts
+        return "/".join(parts[-3:])
 
 
 def pipeline_nodes(recipe: Recipe) -> list[StageNode]:
-    return []
+    builder = PipelineBuilder(recipe)
+    finals = [(v, builder.variant(v)) for v in recipe.variants]
+    builder.release([(v, s) for v, s in finals if s is not None and
+                     recipe.section("devices")[v.device]["backend"] != "aihub"])
+    return list(builder.nodes.values())

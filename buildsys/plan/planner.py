@@ -65,6 +65,10 @@ def resolve_input_digests(node: StageNode, store: Store,
     return digests
 
 
+def upstream_keys(node: StageNode, records: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {s: records[s]["key"] for s in sorted(node.upstream()) if s in records}
+
+
 def last_ingredients(store: Store, stage_id: str) -> dict[str, Any] | None:
     key = store.index.get_last_key(stage_id)
     record = store.get_record(key) if key else None
@@ -93,7 +97,7 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
             reason = "forced" if forced else f"input changed: {pending[0]} runs first"
             plan.stages[stage_id] = PlannedStage(node, RUN, reason, forced=forced)
             continue
-        parts = ingredients(node, digests)
+        parts = ingredients(node, digests, upstream_keys(node, records))
         key = stage_key(parts)
         record = store.get_record(key)
         damaged = store.damaged_outputs(record) if record is not None else []

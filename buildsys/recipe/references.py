@@ -136,13 +136,13 @@ class _Checker:
                               f"has {available} in its {split} split")
 
     def check_devices(self, data: dict[str, Any]) -> None:
-        from buildsys.backends import chipsets
-
-        known = set(chipsets.CHIPSETS)
         for name, device in (data.get("devices") or {}).items():
             path = ("devices", name)
             backend = device["backend"]
             if backend == "qnn-htp-simulator":
+                from buildsys.backends.chipsets import CHIPSETS
+
+                known = set(CHIPSETS)
                 chipset = device.get("chipset")
                 if not chipset:
                     self.report(path, "qnn-htp-simulator needs a chipset (e.g. sm8550)")

@@ -40,7 +40,8 @@ def _describe(doc: YamlDocument, error: Any) -> list[str]:
         out = []
         for key in sorted(set(error.instance) - set(allowed)):
             hint = difflib.get_close_matches(key, allowed, n=1)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {', '.join(allowed)}"
+            suggestion = (f"; did you mean {hint[0]!r}?" if hint
+                          else f"; allowed: {', '.join(allowed)}")
             out.append(
                 f"{doc.where((*path, key), key=True)}: {format_path((*path, key))}: "
                 f"unknown key {key!r}{suggestion}"

@@ -55,6 +55,8 @@ class Stage:
     tools: ClassVar[tuple[str, ...]] = ()
     # Threads this stage can use well; the executor caps it by its per-worker budget.
     max_threads: ClassVar[int] = 1
+    # Packaging records which stage keys made its inputs; those keys then enter its own key.
+    wants_upstream_keys: ClassVar[bool] = False
 
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:

@@ -13,8 +13,14 @@ Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LOCK_VERSION = 1
 
 
-def lock_entry(stage_key: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"key": stage_key, "outputs": {n: o["digest"] for n, o in sorted(outputs.items())}}
+def lock_entry(stage_key: str, outputs: dict[str, dict[str, Any]],
+               measurements: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Key and output digests; measured outputs (timings) are named but not pinned."""
+    entry: dict[str, Any] = {"key": stage_key, "outputs": {
+        n: o["digest"] for n, o in sorted(outputs.items()) if n not in measurements}}
+    if measurements:
+        entry["measurements"] = sorted(n for n in outputs if n in measurements)
+    return entry
 
 
 def read_lock(path: Path) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,65 @@
+"""Small helpers shared by the model stages (files in, files out, no graph knowledge)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from buildsys.stages.base import StageContext
+
+PYTHON_TOOLS = ("python", "numpy")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Deterministic JSON: sorted keys, fixed float formatting by json itself."""
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def source_spec(ctx: StageContext) -> dict[str, Any]:
+    """The recipe's model source with file flags replaced by this worker's input paths."""
+    source = dict(ctx.params["source"])
+    for key in ("weights", "torchscript", "onnx", "exported_program"):
+        if source.get(key):
+            source[key] = str(ctx.input(f"source/{key}"))
+        else:
+            source.pop(key, None)
+    return source
+
+
+def load_torch_model(ctx: StageContext) -> Any:
+    import torch
+
+    from buildsys.backends.torch_models import load_model
+
+    torch.set_num_threads(ctx.threads)
+    return load_model(source_spec(ctx), ctx.work_dir)
+
+
+def example_inputs(io: dict[str, Any]) -> dict[str, Any]:
+    """Zeros of the declared shapes: what export traces with (values do not matter)."""
+    import numpy as np
+
+    return {name: np.zeros(spec["shape"], dtype=spec["dtype"])
+            for name, spec in io["inputs"].items()}
+
+
+def load_samples(path: Path) -> list[dict[str, Any]]:
+    from buildsys.data.datasets import load_samples_npz
+
+    return load_samples_npz(path)
+
+
+def save_samples(samples: list[dict[str, Any]], path: Path) -> None:
+    from buildsys.data.datasets import save_samples as save
+
+    save(samples, path)
+
+
+def compiled_inputs(ctx: StageContext) -> dict[str, Path]:
+    return {name.partition("/")[2]: path for name, path in ctx.inputs.items()
+            if name.startswith("compiled/")}

@@ -1,0 +1,70 @@
+"""Compile for a target runtime, locally: ORT-optimised ONNX (+ .ort), a QNN HTP context
+binary for a Snapdragon SoC, or TFLite via litert-torch."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any, ClassVar
+
+from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_torch_model
+from buildsys.stages.base import Stage, StageContext
+
+TOOLS = {
+    "onnx": ("onnx", "onnxruntime"),
+    "qnn_context_binary": ("onnx", "onnxruntime", "onnxruntime-qnn"),
+    "tflite": ("torch", "litert-torch", "ai-edge-litert"),
+}
+
+
+class CompileStage(Stage):
+    kind: ClassVar[str] = "compile"
+    version: ClassVar[str] = "1"
+    max_threads: ClassVar[int] = 2
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return (*PYTHON_TOOLS, *TOOLS[params["runtime"]])
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        runtime = ctx.params["runtime"]
+        if runtime == "onnx":
+            return self._onnx(ctx)
+        if runtime == "qnn_context_binary":
+            return self._qnn(ctx)
+        return self._tflite(ctx)
+
+    def _onnx(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.ort_runtime import convert_to_ort_format, optimize_model
+
+        level = ctx.params["optimization"]
+        dst = ctx.output("model.onnx")
+        if ctx.params["precision"] == "quant" and level == "all":
+            # QLinear rewrites at ALL are CPU-dependent (see validation); keep QDQ intact.
+            level = "extended"
+        optimize_model(ctx.input("model"), dst, level=level)
+        metrics: dict[str, Any] = {"optimization": level}
+        if ctx.params.get("ort_format"):
+            convert_to_ort_format(dst, ctx.output("model.ort"))
+            metrics["ort_format"] = True
+        return metrics
+
+    def _qnn(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.qnn import compile_context_binary
+
+        fp16 = ctx.params["precision"] == "float" and ctx.params["float"] == "fp16"
+        # Compile from a fixed relative path in a fresh process: the only way the context
+        # binary's bytes are reproducible (see the toolchain notes).
+        local = ctx.work_dir / "model.onnx"
+        shutil.copyfile(ctx.input("model"), local)
+        produced = compile_context_binary(local, ctx.work_dir / "compiled",
+                                          ctx.params["chipset"], fp16=fp16)
+        shutil.copyfile(produced["model"], ctx.output("model_ctx.onnx"))
+        shutil.copyfile(produced["context"], ctx.output("model_ctx_qnn.bin"))
+        return {"chipset": ctx.params["chipset"], "fp16": fp16}
+
+    def _tflite(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.tflite import convert
+
+        info = convert(load_torch_model(ctx), example_inputs(ctx.params["io"]),
+                       ctx.output("model.tflite"))
+        return info or {}

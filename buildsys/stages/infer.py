@@ -1,0 +1,65 @@
+"""Run the compiled artifact on the validation samples on its device; keep the outputs and
+the wall time of each run (on the HTP simulator these timings are the only profile: it is a
+slow, deterministic simulator, never phone latency)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, ClassVar
+
+from buildsys.stages._common import (
+    PYTHON_TOOLS,
+    compiled_inputs,
+    load_samples,
+    save_samples,
+    write_json,
+)
+from buildsys.stages.base import Stage, StageContext
+from buildsys.stages.compile import TOOLS
+
+WHERE = {
+    "host": "host CPU",
+    "qnn-htp-simulator": "QNN HTP simulator on x86 (not device latency)",
+}
+
+
+class InferStage(Stage):
+    kind: ClassVar[str] = "infer"
+    version: ClassVar[str] = "1"
+    max_threads: ClassVar[int] = 2
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return (*PYTHON_TOOLS, *TOOLS[params["runtime"]])
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        samples = load_samples(ctx.input("samples"))
+        files = compiled_inputs(ctx)
+        runtime = ctx.params["runtime"]
+        if runtime == "qnn_context_binary":
+            from buildsys.backends.qnn import run_on_simulator
+
+            outputs, seconds = run_on_simulator(files["model_ctx.onnx"], samples,
+                                                ctx.params["chipset"])
+            detail = f"{WHERE['qnn-htp-simulator']}, {ctx.params['chipset']}"
+        elif runtime == "tflite":
+            from buildsys.backends.tflite import run
+
+            outputs, seconds = run(files["model.tflite"], samples)
+            detail = f"{WHERE['host']} (LiteRT interpreter)"
+        else:
+            from buildsys.backends.ort_runtime import run
+
+            # BASIC keeps Q/DQ nodes and computes in float: figures independent of the CPU.
+            outputs, seconds = run(files["model.onnx"], samples, level="basic",
+                                   threads=ctx.threads)
+            detail = f"{WHERE['host']} (onnxruntime, ORT_ENABLE_BASIC, {ctx.threads} threads)"
+        named = [dict(zip(ctx.params["io"]["outputs"], o.values(), strict=False))
+                 for o in outputs]
+        save_samples(named, ctx.output("outputs.npz"))
+        timings = [s * 1000 for s in seconds]
+        summary = {"where": detail, "runs": len(timings),
+                   "latency_ms": {"median": statistics.median(timings), "min": min(timings),
+                                  "max": max(timings)} if timings else None}
+        write_json(ctx.output("infer.json"), summary)
+        return summary

@@ -1,0 +1,42 @@
+"""Latency and memory of a compiled artifact on the host (ORT CPU or LiteRT), with per-op
+times. Always says where it ran."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from buildsys.stages._common import PYTHON_TOOLS, compiled_inputs, example_inputs, write_json
+from buildsys.stages.base import Stage, StageContext
+from buildsys.stages.compile import TOOLS
+
+
+class ProfileStage(Stage):
+    kind: ClassVar[str] = "profile"
+    version: ClassVar[str] = "1"
+    max_threads: ClassVar[int] = 2
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return (*PYTHON_TOOLS, *TOOLS[params["runtime"]])
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        import numpy as np
+
+        params = ctx.params
+        files = compiled_inputs(ctx)
+        rng = np.random.default_rng(0)
+        sample = {n: rng.random(a.shape, dtype=np.float32).astype(a.dtype)
+                  for n, a in example_inputs(params["io"]).items()}
+        if params["runtime"] == "tflite":
+            from buildsys.backends.tflite import profile
+
+            result = profile(files["model.tflite"], sample, warmup=params["warmup"],
+                             runs=params["runs"], threads=ctx.threads)
+        else:
+            from buildsys.backends.ort_runtime import profile
+
+            result = profile(files["model.onnx"], sample, warmup=params["warmup"],
+                             runs=params["runs"], level="basic", threads=ctx.threads)
+        result["model_bytes"] = sum(p.stat().st_size for p in files.values())
+        write_json(ctx.output("profile.json"), result)
+        return result

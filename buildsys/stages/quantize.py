@@ -1,0 +1,53 @@
+"""Post-training quantization to a QDQ ONNX, so every later stage takes one format."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from buildsys.errors import StageError
+from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_samples, load_torch_model
+from buildsys.stages.base import Stage, StageContext
+
+BITS = {"int4": 4, "int8": 8, "int16": 16}
+
+
+class QuantizeStage(Stage):
+    kind: ClassVar[str] = "quantize"
+    version: ClassVar[str] = "1"
+    max_threads: ClassVar[int] = 2
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        if params["scheme"]["engine"] == "aimet":
+            return (*PYTHON_TOOLS, "torch", "onnx", "aimet-torch")
+        return (*PYTHON_TOOLS, "onnx", "onnxruntime")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        scheme = ctx.params["scheme"]
+        calibration = load_samples(ctx.input("calibration"))
+        if scheme.get("samples"):
+            calibration = calibration[: scheme["samples"]]
+        if not calibration:
+            raise StageError("the calibration split is empty")
+        dst = ctx.output("model.onnx")
+        if scheme["engine"] == "aimet":
+            from buildsys.backends.aimet_quant import quantize_aimet
+
+            io = ctx.params["io"]
+            info = quantize_aimet(
+                load_torch_model(ctx), example_inputs(io), calibration, dst,
+                weights_bw=BITS[scheme["weights"]], activations_bw=BITS[scheme["activations"]],
+                quant_scheme=scheme.get("quant_scheme", "tf_enhanced"),
+                config=scheme.get("config", "htp_v73"), input_names=list(io["inputs"]),
+                output_names=io["outputs"],
+            )
+        else:
+            from buildsys.backends.ort_quantize import quantize_qdq
+
+            info = quantize_qdq(
+                ctx.input("model"), dst, calibration, weights=scheme["weights"],
+                activations=scheme["activations"], method=scheme.get("method", "minmax"),
+                per_channel=bool(scheme.get("per_channel")),
+            )
+        return {"engine": scheme["engine"], "calibration_samples": len(calibration),
+                **(info or {})}

@@ -1,0 +1,80 @@
+"""The release index over every packaged variant: dist/index.json and a README table.
+
+It gathers measured figures (latency, where it ran), so unlike the archives it is not
+expected to be byte-identical across machines; it is listed as a measurement in the lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from buildsys.stages._common import PYTHON_TOOLS, read_json, write_json
+from buildsys.stages.base import Stage, StageContext
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+class ReleaseIndexStage(Stage):
+    kind: ClassVar[str] = "release"
+    version: ClassVar[str] = "1"
+    tools: ClassVar[tuple[str, ...]] = PYTHON_TOOLS
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        rows = [self._row(ctx, entry) for entry in ctx.params["variants"]]
+        float_sizes = {(r["model"], r["target"]): r["model_bytes"] for r in rows
+                       if r["quantization"] == "float"}
+        for row in rows:
+            base = float_sizes.get((row["model"], row["target"]))
+            if base and row["model_bytes"]:
+                row["size_ratio_vs_float"] = round(base / row["model_bytes"], 2)
+        index = {"recipe": ctx.params["recipe"], "variants": rows}
+        write_json(ctx.output("index.json"), index)
+        ctx.output("README.md").write_text(self._readme(ctx.params["recipe"], rows))
+        return {"variants": len(rows)}
+
+    def _row(self, ctx: StageContext, entry: dict[str, Any]) -> dict[str, Any]:
+        base = entry["id"]
+        compiled = [ctx.input(f"{base}/compiled/{n}") for n in entry["compiled"]]
+        row: dict[str, Any] = {k: entry[k] for k in ("id", "model", "quantization", "target",
+                                                      "device")}
+        row["model_bytes"] = sum(p.stat().st_size for p in compiled)
+        if "package" in entry:
+            row["archive"] = entry["package"]
+            row["archive_sha256"] = _sha(ctx.input(f"{base}/package"))
+        if "profile" in entry:
+            profile = read_json(ctx.input(f"{base}/profile"))
+            row["latency_ms"] = profile.get("latency_ms")
+            row["latency_where"] = profile.get("where")
+            row["peak_memory_mb"] = profile.get("peak_memory_mb")
+        elif "infer" in entry:
+            infer = read_json(ctx.input(f"{base}/infer"))
+            row["latency_ms"] = infer.get("latency_ms")
+            row["latency_where"] = infer.get("where")
+        if "validate" in entry:
+            validation = read_json(ctx.input(f"{base}/validate"))
+            row["psnr_db"] = {n: o["psnr_db"] for n, o in validation["outputs"].items()}
+            row["validation"] = validation["outputs"]
+        return row
+
+    def _readme(self, recipe: str, rows: list[dict[str, Any]]) -> str:
+        lines = [f"# Release: {recipe}", "",
+                 "| variant | size | × smaller than float | latency (median) | where | PSNR |",
+                 "|---|---|---|---|---|---|"]
+        for r in rows:
+            latency = r.get("latency_ms") or {}
+            median = f"{latency['median']:.2f} ms" if latency.get("median") is not None else "–"
+            psnr = ", ".join(f"{v:.1f} dB" for v in (r.get("psnr_db") or {}).values()) or "–"
+            ratio = f"{r['size_ratio_vs_float']:.2f}×" if "size_ratio_vs_float" in r else "–"
+            lines.append(f"| {r['id']} | {_size(r['model_bytes'])} | {ratio} | {median} | "
+                         f"{r.get('latency_where') or '–'} | {psnr} |")
+        lines += ["", "Latency on the host CPU or the HTP simulator is not phone latency."]
+        return "\n".join(lines) + "\n"
+
+
+def _sha(path: Path) -> str:
+    from buildsys.hashing import digest_file
+
+    return digest_file(path)

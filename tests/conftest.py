@@ -1,0 +1,58 @@
+"""Shared helpers: write a project to a temp dir and run the real `modelbuild` CLI on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache = root / ".cache"
+
+    def write(self, relative: str, text: str) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def run(self, *args: str, check: bool | None = True, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run `python -m buildsys ARGS` in the project; check=True expects exit 0."""
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        full_env.pop("MODELBUILD_CACHE_DIR", None)
+        result = subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=self.root,
+                                capture_output=True, text=True, env=full_env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"modelbuild {' '.join(args)} exited {result.returncode}\n"
+                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+    def build(self, recipe: str = "recipe.yaml", *args: str, check: bool | None = True,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Build with a JSON report and return it (plus the process under 'process')."""
+        report_path = self.root / "report.json"
+        report_path.unlink(missing_ok=True)
+        result = self.run(recipe, "--report", str(report_path), *args, check=check, env=env)
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        report["process"] = result
+        return report
+
+
+def statuses(report: dict[str, Any], status: str) -> set[str]:
+    return {s["id"] for s in report["stages"] if s["status"] == status}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
