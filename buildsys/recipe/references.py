@@ -57,7 +57,7 @@ class _Checker:
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             self.report(
                 path,
-                f"{axis} {name!r} is not declared under {SECTION_OF_AXIS[axis]}:{suggestion}",
+                f"{axis} {name!r} is not declared under {SECTION_OF_AXIS[axis]}{suggestion}",
             )
 
     def check_builds(self, data: dict[str, Any]) -> None:
@@ -126,7 +126,7 @@ class _Checker:
         if name not in datasets:
             hint = difflib.get_close_matches(name, sorted(datasets), n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            self.report(path, f"dataset {name!r} is not declared under datasets:{suggestion}")
+            self.report(path, f"dataset {name!r} is not declared under datasets{suggestion}")
             return
         available = datasets[name].get(split)
         if available == 0:

@@ -64,7 +64,7 @@ def test_undeclared_references_and_impossible_pairs(project: Project) -> None:
       - {model: [net, nte], quantization: [float, w8a9], target: [onnx, qnn], device: host}
     """
     joined = "\n".join(problems_of(project, text))
-    assert "model 'nte' is not declared under models: did you mean 'net'?" in joined
+    assert "model 'nte' is not declared under models; did you mean 'net'?" in joined
     assert "quantization 'w8a9' is not declared" in joined
     assert "cannot run target 'qnn'" in joined
     assert "recipe.yaml:12:" in joined
