@@ -29,6 +29,7 @@ class BuildOptions:
     quiet: bool = False
     verbose: bool = False
     offline: bool = False
+    inline: bool = False  # tests only: run stages in this process
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
@@ -42,8 +43,11 @@ def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, st
 
 
 def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
-    graph = select(build_graph(recipe), options.patterns)
-    return make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
+    full = build_graph(recipe)
+    graph = select(full, options.patterns)
+    plan = make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
+    plan.all_stage_ids = set(full.nodes)
+    return plan
 
 
 def build_dir(recipe: Recipe) -> Path:
@@ -62,7 +66,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         jobs = options.jobs or len(os.sched_getaffinity(0))
         executor = Executor(plan, store, ExecuteOptions(
             build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
-            keep_going=options.keep_going), progress)
+            keep_going=options.keep_going, inline=options.inline), progress)
         try:
             outcomes = executor.run()
         finally:
@@ -86,10 +90,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
 def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Plan,
                 outcomes: dict[str, Outcome]) -> None:
     """Record what this build produced; keep entries of stages it did not touch."""
-    from buildsys.plan.graph import build_graph
-
-    known = set(build_graph(recipe).nodes) if previous else set()
-    stages = {sid: entry for sid, entry in previous.items() if sid in known}
+    stages = {sid: entry for sid, entry in previous.items() if sid in plan.all_stage_ids}
     for stage_id, outcome in outcomes.items():
         if outcome.ok and outcome.record and outcome.key:
             node = plan.stages[stage_id].node

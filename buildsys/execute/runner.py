@@ -67,6 +67,9 @@ class ExecuteOptions:
     project_dir: Path
     jobs: int = 1
     keep_going: bool = False
+    # Run stages in this process (one at a time) instead of worker processes: for tests that
+    # patch the network edge (AI Hub). No crash isolation; never the CLI's choice.
+    inline: bool = False
     cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                            if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -172,7 +175,8 @@ class Executor:
             self._materialise(self.plan.stages[stage_id].node, record)
         except (OSError, StoreError) as exc:
             return Outcome(stage_id, FAILED, reason, key, record, error=str(exc))
-        self.store.index.set_last_key(stage_id, key)
+        if self.store.index.get_last_key(stage_id) != key:  # reads are cheaper than writes
+            self.store.index.set_last_key(stage_id, key)
         return Outcome(stage_id, CACHED, reason, key, record, metrics=record.get("metrics", {}))
 
     # --- one stage ---------------------------------------------------------------------------
@@ -230,7 +234,9 @@ class Executor:
         threads, cpus = self._threads_and_cpus(node, slot)
         job = {"stage_id": node.id, "kind": node.kind, "params": node.params, "inputs": inputs,
                "threads": threads, "cpus": cpus,
-               "extras": {"sys_path": [str(self.options.project_dir)]}}
+               "extras": {"sys_path": [str(self.options.project_dir)],
+                          "stage_key": stage_key(parts),
+                          "store_root": str(self.store.root)}}
         (scratch / "job.json").write_text(json.dumps(job, sort_keys=True))
         return job
 
@@ -250,6 +256,8 @@ class Executor:
         self.store.get_blob(digest, dest, verify=False)
 
     def _spawn(self, stage_id: str, scratch: Path, timeout: float | None) -> tuple[int, bool]:
+        if self.options.inline:
+            return _run_inline(scratch), False
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(scratch / "log.txt", "wb") as log:
             process = subprocess.Popen(
@@ -332,6 +340,20 @@ class Executor:
                 dest = base / name
                 if not self.store.blobs.is_materialised(output["digest"], dest):
                     self.store.get_blob(output["digest"], dest, verify=False)
+
+
+def _run_inline(scratch: Path) -> int:
+    import contextlib
+
+    from buildsys.execute.worker import run_job
+
+    cwd = os.getcwd()
+    with open(scratch / "log.txt", "w") as log, contextlib.redirect_stderr(log), \
+            contextlib.redirect_stdout(log):
+        try:
+            return run_job(scratch / "job.json")
+        finally:
+            os.chdir(cwd)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

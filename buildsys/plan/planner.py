@@ -37,6 +37,7 @@ class PlannedStage:
 class Plan:
     graph: nx.DiGraph
     order: list[str]
+    all_stage_ids: set[str] = field(default_factory=set)  # before selection: for the lock
     stages: dict[str, PlannedStage] = field(default_factory=dict)
 
     def count(self, status: str) -> int:

@@ -45,6 +45,29 @@ class StageContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def remember(self, name: str, value: Any) -> None:
+        """Record a small value under this stage's key at once, e.g. a remote job id, so an
+        interrupted build, re-run, resumes the same job instead of submitting a new one."""
+        from buildsys.store.index import Index
+
+        index = Index(Path(self.extras["store_root"]))
+        try:
+            index.set_job(self.extras["stage_key"], name, value)
+        finally:
+            index.close()
+
+    def recall(self, name: str) -> Any:
+        """A value remembered by an earlier, interrupted run of this same stage key."""
+        from buildsys.store.index import Index
+
+        if "store_root" not in self.extras:
+            return None
+        index = Index(Path(self.extras["store_root"]))
+        try:
+            return index.get_job(self.extras["stage_key"], name)
+        finally:
+            index.close()
+
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
