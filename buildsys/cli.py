@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", type=Path, help="write a JSON report of every stage")
     parser.add_argument("--cache-dir", help="store location (default: .cache beside the "
                         "recipe, or $MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--group", action="append", default=[], metavar="NAME",
+                        help="also build the builds entries of this group (repeatable; "
+                             "'all' for every group)")
     parser.add_argument("--offline", action="store_true", help="plan AI Hub stages as skipped")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -73,7 +76,7 @@ def _build(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions, open_store, plan_build, run_build
     from buildsys.recipe.load import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, frozenset(args.group))
     options = BuildOptions(
         patterns=args.patterns, force=args.force, jobs=args.jobs, keep_going=args.keep_going,
         check=args.check, report=args.report, cache_dir=args.cache_dir, quiet=args.quiet,

@@ -47,7 +47,7 @@ class Recipe:
         return digest_value(self.data)
 
 
-def load_recipe(path: Path | str) -> Recipe:
+def load_recipe(path: Path | str, groups: frozenset[str] = frozenset()) -> Recipe:
     """Return the validated recipe or raise RecipeError listing every problem found."""
     path = Path(path)
     if not path.is_file():
@@ -66,5 +66,10 @@ def load_recipe(path: Path | str) -> Recipe:
     if problems:
         raise RecipeError(problems)
     recipe = Recipe(path=path.resolve(), data=doc.data, doc=doc)
-    recipe.variants = expand_builds(doc.data)
+    recipe.variants = expand_builds(doc.data, groups)
+    unknown = groups - {e.get("group") for e in doc.data.get("builds") or []} - {"all"}
+    if unknown:
+        declared = sorted({e["group"] for e in doc.data.get("builds") or [] if e.get("group")})
+        raise RecipeError([f"{path}: no builds entry has group {', '.join(sorted(unknown))}; "
+                           f"groups: {', '.join(declared) or 'none'}"])
     return recipe

@@ -39,12 +39,17 @@ def _excluded(combo: dict[str, str], excludes: list[dict[str, Any]]) -> bool:
     )
 
 
-def expand_builds(data: dict[str, Any]) -> list[Variant]:
-    """All variants in declaration order, duplicates across entries kept once (first wins)."""
+def expand_builds(data: dict[str, Any], groups: frozenset[str] = frozenset()) -> list[Variant]:
+    """All variants in declaration order, duplicates across entries kept once (first wins).
+
+    An entry with a `group:` is expanded only when that group is asked for (`--group`).
+    """
     seen: dict[Variant, None] = {}
     base_thresholds = {k: v for k, v in (data.get("validate") or {}).items()}
     schemes = data.get("quantization") or {}
     for index, entry in enumerate(data.get("builds") or []):
+        if entry.get("group") and entry["group"] not in groups and "all" not in groups:
+            continue
         lists = [as_list(entry[axis]) for axis in AXES]
         for values in itertools.product(*lists):
             combo = dict(zip(AXES, values, strict=True))
