@@ -92,6 +92,15 @@ class PipelineBuilder:
         return self.add(StageNode(f"{model}/export", "export", params, inputs,
                                   outputs=("model.onnx",), labels={"model": model}))
 
+    def capture(self, model: str) -> str | None:
+        """The captured torch program (.pt2), for torch sources only."""
+        if not self.is_torch(model):
+            return None
+        params, inputs = self.source(model)
+        params = {"source": params, "io": self.io_spec(model)}
+        return self.add(StageNode(f"{model}/capture", "capture", params, inputs,
+                                  outputs=("model.pt2",), labels={"model": model}))
+
     def opset(self, model: str) -> int:
         return int(self.model(model).get("opset") or self.recipe.settings["opset"])
 
@@ -182,6 +191,7 @@ class PipelineBuilder:
 
     # --- per device -------------------------------------------------------------------------
     def variant(self, v: Variant) -> str | None:
+        self.capture(v.model)
         compile_id = self.compile(v)
         compiled = self.nodes[compile_id]
         device = self.recipe.section("devices")[v.device]
