@@ -31,7 +31,7 @@ def as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _excluded(combo: dict[str, str], excludes: list[dict[str, Any]]) -> bool:
+def excluded(combo: dict[str, str], excludes: list[dict[str, Any]]) -> bool:
     return any(
         all(combo[axis] in as_list(rule[axis]) for axis in AXES if axis in rule)
         for rule in excludes
@@ -53,7 +53,7 @@ def expand_builds(data: dict[str, Any], groups: frozenset[str] = frozenset()) ->
         lists = [as_list(entry[axis]) for axis in AXES]
         for values in itertools.product(*lists):
             combo = dict(zip(AXES, values, strict=True))
-            if _excluded(combo, entry.get("exclude") or []):
+            if excluded(combo, entry.get("exclude") or []):
                 continue
             thresholds = dict(base_thresholds)
             thresholds.update((schemes.get(combo["quantization"]) or {}).get("validate") or {})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import difflib
 import glob
+import itertools
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from buildsys.recipe.matrix import AXES, as_list
+from buildsys.recipe.matrix import AXES, as_list, excluded
 from buildsys.recipe.yaml_source import YamlDocument, format_path
 
 SECTION_OF_AXIS = {
@@ -75,22 +76,34 @@ class _Checker:
                 for axis in AXES:
                     for name in as_list(rule.get(axis, [])):
                         self._name_ref(("builds", index, "exclude", rule_index, axis), axis, name)
-            for target_name in as_list(entry["target"]):
-                target = targets.get(target_name)
-                if not target:
-                    continue
-                for device_name in as_list(entry["device"]):
-                    device = devices.get(device_name)
-                    if device and target["runtime"] not in RUNTIMES_BY_BACKEND[device["backend"]]:
-                        can = ", ".join(sorted(RUNTIMES_BY_BACKEND[device["backend"]]))
-                        self.report(
-                            ("builds", index, "device"),
-                            f"device {device_name!r} ({device['backend']}) cannot run target "
-                            f"{target_name!r} (runtime {target['runtime']}); it runs: {can}",
-                        )
-                for scheme_name in as_list(entry["quantization"]):
-                    self._check_scheme_on_target(index, scheme_name, schemes, target_name, target,
-                                                 [devices.get(d) for d in as_list(entry["device"])])
+            self._check_combinations(index, entry, targets, devices, schemes)
+
+    def _check_combinations(self, index: int, entry: dict[str, Any], targets: dict[str, Any],
+                            devices: dict[str, Any], schemes: dict[str, Any]) -> None:
+        """Impossible pairs among the variants this entry really expands to (after exclude)."""
+        reported: set[tuple[str, ...]] = set()
+        for combo in itertools.product(*(as_list(entry[axis]) for axis in AXES)):
+            values = dict(zip(AXES, combo, strict=True))
+            if excluded(values, entry.get("exclude") or []):
+                continue
+            target, device = targets.get(values["target"]), devices.get(values["device"])
+            if not target or not device:
+                continue
+            pair = (values["target"], values["device"])
+            if target["runtime"] not in RUNTIMES_BY_BACKEND[device["backend"]]:
+                if pair not in reported:
+                    reported.add(pair)
+                    can = ", ".join(sorted(RUNTIMES_BY_BACKEND[device["backend"]]))
+                    self.report(("builds", index, "device"),
+                                f"device {values['device']!r} ({device['backend']}) cannot run "
+                                f"target {values['target']!r} (runtime {target['runtime']}); "
+                                f"it runs: {can}")
+                continue
+            triple = (values["quantization"], *pair)
+            if triple not in reported:
+                reported.add(triple)
+                self._check_scheme_on_target(index, values["quantization"], schemes,
+                                             values["target"], target, [device])
 
     def _check_scheme_on_target(self, index: int, scheme_name: str, schemes: dict[str, Any],
                                 target_name: str, target: dict[str, Any],
