@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buildsys.errors import RecipeError, StageError
 from buildsys.execute.report import report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
@@ -43,7 +44,10 @@ def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, st
 
 
 def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
-    full = build_graph(recipe)
+    try:
+        full = build_graph(recipe)
+    except StageError as exc:  # e.g. a dataset's files, found while planning: a recipe problem
+        raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
     plan = make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
     plan.all_stage_ids = set(full.nodes)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys.errors import ModelbuildError, StoreError
+from buildsys.execute.worker import COORDINATOR_ENV
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
 from buildsys.plan.planner import (
@@ -50,10 +51,11 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     log_path: Path | None = None
     check_failed: bool = False
+    planned_skip: bool = False  # skipped on purpose at plan time (AI Hub off): not a failure
 
     @property
     def ok(self) -> bool:
-        return self.status in (BUILT, CACHED)
+        return self.status in (BUILT, CACHED) or self.planned_skip
 
 
 class Progress(Protocol):
@@ -144,14 +146,18 @@ class Executor:
                 ready.append(child)
 
     def _settle_without_running(self, stage_id: str) -> Outcome | None:
-        """Skipped, cached (as planned or by early cutoff), or None when it has to run."""
+        """Skipped, cached (as planned or by early cutoff), failed at plan time (e.g. no AI Hub
+        token: it never runs), or None when it has to run."""
         planned = self.plan.stages[stage_id]
+        if planned.status == FAILED:  # the planner's FAILED: failed at plan time
+            return Outcome(stage_id, FAILED, "cannot run", error=planned.reason)
         failed_up = [u for u in self.plan.graph.predecessors(stage_id)
                      if not self.outcomes[u].ok]
-        if planned.status == SKIPPED or failed_up:
-            reason = planned.reason if planned.status == SKIPPED else \
-                f"upstream {failed_up[0]} {self.outcomes[failed_up[0]].status}"
-            return Outcome(stage_id, SKIPPED, reason)
+        if planned.status == SKIPPED:
+            return Outcome(stage_id, SKIPPED, planned.reason, planned_skip=True)
+        if failed_up:
+            return Outcome(stage_id, SKIPPED,
+                           f"upstream {failed_up[0]} {self.outcomes[failed_up[0]].status}")
         if planned.status == CACHED:
             return self._cached(stage_id, planned.key, planned.record, "up to date")
         node = planned.node
@@ -258,7 +264,8 @@ class Executor:
     def _spawn(self, stage_id: str, scratch: Path, timeout: float | None) -> tuple[int, bool]:
         if self.options.inline:
             return _run_inline(scratch), False
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The worker watches for this pid: it ends (with its commands) if we are killed.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", COORDINATOR_ENV: str(os.getpid())}
         with open(scratch / "log.txt", "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "buildsys.execute.worker", str(scratch / "job.json")],

@@ -10,9 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
+
+# The coordinator's pid, set by the runner: a worker ends when its coordinator is gone.
+COORDINATOR_ENV = "MODELBUILD_COORDINATOR_PID"
 
 
 def _limit_threads(threads: int, cpus: list[int] | None) -> None:
@@ -66,5 +72,26 @@ def run_job(job_path: Path) -> int:
     return 0 if result["ok"] else 1
 
 
+def _end_with_coordinator() -> None:
+    """Kill this worker and the commands it started once the coordinator has died.
+
+    A worker runs in its own session, so a crash here cannot take the coordinator down; but
+    then a SIGKILL of the coordinator's process group (kill -9, the OOM killer) does not reach
+    the worker either, which would run on unsupervised: no timeout, nobody to read its result.
+    The worker is its session's group leader, so killing its group also ends its commands.
+    """
+    expected = os.environ.get(COORDINATOR_ENV, "")
+    if not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(0.2)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
+
+
 if __name__ == "__main__":
+    _end_with_coordinator()
     sys.exit(run_job(Path(sys.argv[1])))

@@ -19,7 +19,12 @@ from buildsys.plan.keys import explain_change, ingredients, stage_key
 from buildsys.plan.node import FileRef, StageNode
 from buildsys.store.store import Store
 
-CACHED, RUN, SKIPPED = "cached", "run", "skipped"
+CACHED, RUN, SKIPPED, FAILED = "cached", "run", "skipped", "failed"
+
+
+class PlanFailure(str):
+    """A `blocked` reason that fails the stage at plan time instead of skipping it (e.g. no AI
+    Hub API token): the stage never runs, the build exits 1, --keep-going builds the rest."""
 
 
 @dataclass
@@ -77,21 +82,41 @@ def last_ingredients(store: Store, stage_id: str) -> dict[str, Any] | None:
 
 
 def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
-              blocked: dict[str, str] | None = None) -> Plan:
-    """`blocked` maps stage ids to a reason they cannot run (e.g. AI Hub offline)."""
+              blocked: dict[str, str] | None = None,
+              failing: dict[str, str] | None = None) -> Plan:
+    """`blocked` maps stage ids to a reason they cannot run (e.g. AI Hub offline): skipped.
+    `failing` (or a `PlanFailure` reason in `blocked`): they fail without running (e.g. no AI
+    Hub token). Either way a stage whose result is in the store already is cached."""
     plan = Plan(graph=graph, order=topological_order(graph))
     records: dict[str, dict[str, Any]] = {}
     blocked = blocked or {}
+    failing = {**{s: r for s, r in blocked.items() if isinstance(r, PlanFailure)},
+               **(failing or {})}
     for stage_id in plan.order:
         node: StageNode = graph.nodes[stage_id]["node"]
         forced = any(matches(stage_id, p) for p in force or [])
-        upstream_skipped = [u for u in graph.predecessors(stage_id)
-                            if plan.stages[u].status == SKIPPED]
-        if stage_id in blocked or upstream_skipped:
-            reason = blocked.get(stage_id) or f"upstream {upstream_skipped[0]} is skipped"
-            plan.stages[stage_id] = PlannedStage(node, SKIPPED, reason)
+        upstream_out = [u for u in graph.predecessors(stage_id)
+                        if plan.stages[u].status in (SKIPPED, FAILED)]
+        if upstream_out:
+            word = "is skipped" if plan.stages[upstream_out[0]].status == SKIPPED else "fails"
+            plan.stages[stage_id] = PlannedStage(node, SKIPPED,
+                                                 f"upstream {upstream_out[0]} {word}")
             continue
         digests = resolve_input_digests(node, store, records)
+        if stage_id in blocked or stage_id in failing:
+            parts = None if digests is None or forced else ingredients(
+                node, digests, upstream_keys(node, records))
+            key = stage_key(parts) if parts is not None else None
+            record = store.get_record(key) if key is not None else None
+            if record is not None and not store.damaged_outputs(record):
+                records[stage_id] = record  # its result needs no network: reuse it
+                plan.stages[stage_id] = PlannedStage(node, CACHED, "up to date", key, parts,
+                                                     record)
+            elif stage_id in failing:
+                plan.stages[stage_id] = PlannedStage(node, FAILED, str(failing[stage_id]))
+            else:
+                plan.stages[stage_id] = PlannedStage(node, SKIPPED, str(blocked[stage_id]))
+            continue
         if digests is None:
             pending = sorted(u for u in graph.predecessors(stage_id)
                              if plan.stages[u].status == RUN)

@@ -1,4 +1,16 @@
-"""Which remote (AI Hub) stages cannot run in this build, decided before anything runs."""
+"""Which remote (AI Hub) stages cannot run in this build, decided before anything runs.
+
+Two different answers, because they mean different things to the user:
+
+* AI Hub switched off (`--offline`, `MODELBUILD_AIHUB=off`): the remote stages are *skipped*
+  on purpose; the rest of the build succeeds.
+* No API token configured: the remote stages *fail* at plan time with the message that says how
+  to configure one (the build exits 1), without running and without touching the network;
+  local stages still build with `--keep-going`.
+
+Either way a remote stage whose result is already in the store stays cached (the planner checks
+that first): no network or token is needed to reuse a result.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +18,39 @@ import os
 
 import networkx as nx
 
+from buildsys.plan.planner import PlanFailure
 from buildsys.recipe.load import Recipe
 
 AIHUB_ENV = "MODELBUILD_AIHUB"
+OFF_VALUES = {"off", "0", "false", "no"}
+
+
+def remote_stage_ids(graph: nx.DiGraph) -> list[str]:
+    return [s for s in graph.nodes if graph.nodes[s]["node"].kind.startswith("aihub_")]
+
+
+def token_problem() -> str | None:
+    """Why AI Hub cannot be used from here (no network access), or None if a token is set.
+
+    The message never contains the token (the backend never quotes the configuration file)."""
+    from buildsys.backends.aihub import check_token
+    from buildsys.errors import StageError
+
+    try:
+        check_token()
+    except StageError as exc:
+        return str(exc)
+    return None
 
 
 def blocked_remote_stages(recipe: Recipe, graph: nx.DiGraph, offline: bool) -> dict[str, str]:
-    remote = [s for s in graph.nodes if graph.nodes[s]["node"].kind.startswith("aihub_")]
+    """Stage id → reason; a `PlanFailure` reason fails the stage, a plain one skips it."""
+    del recipe
+    remote = remote_stage_ids(graph)
     if not remote:
         return {}
-    if offline or os.environ.get(AIHUB_ENV, "").lower() in {"off", "0", "false"}:
-        reason = "AI Hub is off (--offline or MODELBUILD_AIHUB=off)"
+    if offline or os.environ.get(AIHUB_ENV, "").strip().lower() in OFF_VALUES:
+        reason = f"AI Hub is off (--offline or {AIHUB_ENV}=off)"
         return dict.fromkeys(remote, reason)
-    from buildsys.backends.aihub import token_problem
-
     problem = token_problem()
-    return dict.fromkeys(remote, problem) if problem else {}
+    return dict.fromkeys(remote, PlanFailure(problem)) if problem else {}

@@ -182,6 +182,19 @@ class _Checker:
             for key in ("npz", "npy"):
                 if key in dataset:
                     self._file_exists(("datasets", name, key), dataset[key])
+            if "skimage" in dataset or ("images" in dataset and not self.problems):
+                self._dataset_files(name, dataset)
+
+    def _dataset_files(self, name: str, dataset: dict[str, Any]) -> None:
+        """Unknown sample photos, too few images for the splits: known before any stage runs."""
+        from buildsys.data.datasets import input_files
+        from buildsys.errors import StageError
+
+        try:
+            input_files(dataset, self.project_dir)
+        except StageError as exc:
+            key = "skimage" if "skimage" in dataset else "images"
+            self.report(("datasets", name, key), str(exc))
 
     def _file_exists(self, path: tuple[str, ...], relative: str) -> None:
         if not (self.project_dir / relative).is_file():
