@@ -18,7 +18,7 @@ TOOLS = {
 
 class CompileStage(Stage):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     max_threads: ClassVar[int] = 2
 
     @classmethod
@@ -57,7 +57,15 @@ class CompileStage(Stage):
         # Compile from a fixed relative path in a fresh process: the only way the context
         # binary's bytes are reproducible (see the toolchain notes).
         local = ctx.work_dir / "model.onnx"
-        shutil.copyfile(ctx.input("model"), local)
+        if fp16:
+            # The exporter leaves shape arithmetic (Shape → Gather → Concat feeding Resize and
+            # Pad) that HTP cannot run; ORT's basic level folds it into constants. Quantized
+            # models had this done by quant_pre_process already.
+            from buildsys.backends.ort_runtime import optimize_model
+
+            optimize_model(ctx.input("model"), local, level="basic")
+        else:
+            shutil.copyfile(ctx.input("model"), local)
         produced = compile_context_binary(local, ctx.work_dir / "compiled",
                                           ctx.params["chipset"], fp16=fp16)
         shutil.copyfile(produced["model"], ctx.output("model_ctx.onnx"))
