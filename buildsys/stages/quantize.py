@@ -13,7 +13,7 @@ BITS = {"int4": 4, "int8": 8, "int16": 16}
 
 class QuantizeStage(Stage):
     kind: ClassVar[str] = "quantize"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     max_threads: ClassVar[int] = 2
 
     @classmethod
@@ -33,14 +33,19 @@ class QuantizeStage(Stage):
         if scheme["engine"] == "aimet":
             from buildsys.backends.aimet_quant import quantize_aimet
 
+            from buildsys.backends.qdq_fold import fold_weight_quantizers
+
             io = ctx.params["io"]
+            exported = ctx.work_dir / "aimet_qdq.onnx"
             info = quantize_aimet(
-                load_torch_model(ctx), example_inputs(io), calibration, dst,
+                load_torch_model(ctx), example_inputs(io), calibration, exported,
                 weights_bw=BITS[scheme["weights"]], activations_bw=BITS[scheme["activations"]],
                 quant_scheme=scheme.get("quant_scheme", "tf_enhanced"),
                 config=scheme.get("config", "htp_v73"), input_names=list(io["inputs"]),
                 output_names=io["outputs"],
             )
+            # AIMET keeps float weights behind QuantizeLinear; HTP wants them pre-quantized.
+            info = {**(info or {}), "weights_folded": fold_weight_quantizers(exported, dst)}
         else:
             from buildsys.backends.ort_quantize import quantize_qdq
 
