@@ -32,7 +32,6 @@ class QuantizeStage(Stage):
         dst = ctx.output("model.onnx")
         if scheme["engine"] == "aimet":
             from buildsys.backends.aimet_quant import quantize_aimet
-
             from buildsys.backends.qdq_fold import fold_weight_quantizers
 
             io = ctx.params["io"]
