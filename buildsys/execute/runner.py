@@ -213,6 +213,12 @@ class Executor:
                                duration_s=duration, error=str(result.get("error")),
                                metrics=result.get("metrics") or {}, log_path=log_path,
                                check_failed=bool(result.get("check")))
+            changed = self._inputs_changed(node, (planned.ingredients or {}).get("inputs", {}))
+            if changed:
+                return Outcome(stage_id, FAILED, planned.reason, planned.key,
+                               duration_s=duration, log_path=log_path,
+                               error=f"{', '.join(changed)} changed during the build, while "
+                                     f"the stage ran: its outputs are not recorded; run again")
             record = self._ingest(node, planned, job, scratch, result, duration, log_text)
             self._materialise(node, record)
             return Outcome(stage_id, BUILT, planned.reason, planned.key, record,
@@ -227,6 +233,26 @@ class Executor:
                 self._free_slots.sort()
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def _inputs_changed(self, node: StageNode, digests: dict[str, str]) -> list[str]:
+        """Inputs whose bytes differ now from those the stage's key was computed from.
+
+        A stage may read a project file directly rather than its snapshot in the scratch
+        directory (model code is imported from the project), and a blob may be damaged while
+        the stage reads it: recording such outputs under the key would poison the cache.
+        One stat per input when nothing changed.
+        """
+        changed = []
+        for name, ref in sorted(node.inputs.items()):
+            expected = digests.get(name)
+            if expected is None:
+                continue
+            if isinstance(ref, FileRef):
+                if self.store.stats.changed(ref.path, expected):
+                    changed.append(str(ref.path))
+            elif not self.store.blob_ok(expected):
+                changed.append(f"input {ref.name} from {ref.stage}")
+        return changed
+
     def _prepare_job(self, node: StageNode, parts: dict[str, Any], scratch: Path,
                      slot: int) -> dict[str, Any]:
         inputs: dict[str, str] = {}
@@ -238,7 +264,9 @@ class Executor:
             self._place_input(node, ref, parts["inputs"][name], scratch / relative)
             inputs[name] = relative
         threads, cpus = self._threads_and_cpus(node, slot)
-        job = {"stage_id": node.id, "kind": node.kind, "params": node.params, "inputs": inputs,
+        # The parameters as keyed (packaging adds its upstream keys there).
+        job = {"stage_id": node.id, "kind": node.kind, "params": parts["params"],
+               "inputs": inputs,
                "threads": threads, "cpus": cpus,
                "extras": {"sys_path": [str(self.options.project_dir)],
                           "stage_key": stage_key(parts),
@@ -251,11 +279,15 @@ class Executor:
         if isinstance(ref, FileRef):
             # Snapshot the source file into the store: the stage reads exactly the bytes its
             # key was computed from, even if the user edits the file while the build runs.
+            # A stage may also read the file in place (model code is imported from the
+            # project), so a file that changed since planning fails the stage either way.
             if not self.store.blob_ok(digest):
-                stored = self.store.put_blob(ref.path)
-                if stored != digest:
-                    raise StoreError(f"{node.id}: input {ref.path} changed during the build; "
-                                     f"run again")
+                changed = self.store.put_blob(ref.path) != digest
+            else:
+                changed = self.store.stats.changed(ref.path, digest)
+            if changed:
+                raise StoreError(f"{node.id}: input {ref.path} changed during the build; "
+                                 f"run again")
         elif not self.store.blob_ok(digest):
             raise StoreError(f"{node.id}: input {ref.name} from {ref.stage} is missing or "
                              f"corrupt in the store; run again to rebuild it")
