@@ -61,11 +61,12 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StageError
+
+if TYPE_CHECKING:  # numpy loads only when a stage needs data: planning must stay light
+    import numpy as np
 
 __all__ = [
     "SOURCE_KINDS",
@@ -276,6 +277,7 @@ def _bounds(spec: Mapping[str, Any], total: int, split: str, count: int | None,
 
 def _random(spec: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], split: str,
             count: int | None) -> list[dict[str, np.ndarray]]:
+    import numpy as np
     options = dict(spec["random"] or {})
     unknown = sorted(set(options) - {"seed", "low", "high"})
     if unknown:
@@ -316,6 +318,7 @@ def _random(spec: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], sp
 
 def _fit(array: np.ndarray, name: str, info: Mapping[str, Any], where: str) -> np.ndarray:
     """One sample for input ``name``: its full shape, or its shape without a batch of 1."""
+    import numpy as np
     shape = tuple(int(d) for d in info["shape"])
     dtype = np.dtype(info.get("dtype", "float32"))
     array = np.asarray(array)
@@ -335,6 +338,7 @@ def _fit(array: np.ndarray, name: str, info: Mapping[str, Any], where: str) -> n
 
 def _from_arrays(path: Path, kind: str, inputs: Mapping[str, Mapping[str, Any]]
                  ) -> list[dict[str, np.ndarray]]:
+    import numpy as np
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as e:  # ValueError for object arrays, OSError/BadZipFile for bad files
@@ -412,6 +416,7 @@ def _from_python(entry: str, base: Path | None, inputs: Mapping[str, Mapping[str
 
 
 def _image_input(inputs: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[int, ...], np.dtype]:
+    import numpy as np
     if len(inputs) != 1:
         raise StageError(f"image datasets feed single-input models; this model has "
                          f"{len(inputs)} inputs ({', '.join(inputs)}): use npz or python")
@@ -425,6 +430,7 @@ def _image_input(inputs: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[int, ..
 
 def _load_image(path: Path, preprocess: Mapping[str, Any], shape: tuple[int, ...],
                 dtype: np.dtype) -> np.ndarray:
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     layout = preprocess.get("layout", "NCHW")
@@ -492,6 +498,7 @@ def save_samples(samples: Sequence[Mapping[str, np.ndarray]], path: Path) -> Non
     Members are stored uncompressed with a fixed timestamp, in sample order then input order;
     ``numpy.load`` reads the file. Object arrays are refused.
     """
+    import numpy as np
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         for index, sample in enumerate(samples):
             for name, value in sample.items():
@@ -510,6 +517,7 @@ def save_samples(samples: Sequence[Mapping[str, np.ndarray]], path: Path) -> Non
 
 def load_samples_npz(path: Path) -> list[dict[str, np.ndarray]]:
     """Read what :func:`save_samples` wrote (any npz with ``<input>__<index>`` keys)."""
+    import numpy as np
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:
