@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from buildsys.backends.samples import check_sample
 from buildsys.errors import StageError
 
 if TYPE_CHECKING:
@@ -77,18 +78,6 @@ def _resolve_config(config: str | os.PathLike[str]) -> tuple[str, str, str]:
         "(aliases of the installed aimet-torch) or the path of a quantsim config JSON file"
     )
 
-
-def _check_sample(name: str, sample: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
-    if not isinstance(sample, dict) or list(sample) != list(ref):
-        keys = list(sample) if isinstance(sample, dict) else type(sample).__name__
-        raise StageError(f"{name} has inputs {keys}; expected {list(ref)} (same order)")
-    for key, arr in sample.items():
-        a = np.asarray(arr)
-        if a.shape != ref[key].shape or a.dtype != ref[key].dtype:
-            raise StageError(
-                f"{name} input {key!r} is {a.dtype}{list(a.shape)}; "
-                f"expected {ref[key].dtype}{list(ref[key].shape)} like the example inputs"
-            )
 
 
 def _to_tensors(sample: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
@@ -177,7 +166,7 @@ def quantize_aimet(
     if not calibration:
         raise StageError("calibration is empty: AIMET needs at least one calibration sample")
     for i, sample in enumerate(calibration):
-        _check_sample(f"calibration sample {i}", sample, example)
+        check_sample(f"calibration sample {i}", sample, example)
     dst = Path(dst)
     if not dst.parent.is_dir():
         raise StageError(f"output directory {str(dst.parent)!r} does not exist")

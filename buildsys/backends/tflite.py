@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from buildsys.backends.samples import check_sample
 from buildsys.errors import StageError
 
 if TYPE_CHECKING:
@@ -65,18 +66,6 @@ def _as_args(sample: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(a).copy()) for a in sample.values())
 
 
-def _check_sample(what: str, sample: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
-    if not isinstance(sample, dict) or list(sample) != list(ref):
-        keys = list(sample) if isinstance(sample, dict) else type(sample).__name__
-        raise StageError(f"{what} has inputs {keys}; expected {list(ref)} (same order)")
-    for k, a in sample.items():
-        a = np.asarray(a)
-        if a.shape != ref[k].shape or a.dtype != ref[k].dtype:
-            raise StageError(
-                f"{what} input {k!r} is {a.dtype}{list(a.shape)}; "
-                f"expected {ref[k].dtype}{list(ref[k].shape)} like the example inputs"
-            )
-
 
 def convert(
     model: torch.nn.Module,
@@ -105,7 +94,7 @@ def convert(
                 "(a few representative samples shaped like the example inputs)"
             )
         for i, s in enumerate(calibration):
-            _check_sample(f"calibration sample {i}", s, example)
+            check_sample(f"calibration sample {i}", s, example)
     dst = Path(dst)
     if not dst.parent.is_dir():
         raise StageError(f"output directory {str(dst.parent)!r} does not exist")

@@ -6,9 +6,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from buildsys.stages.base import StageContext
+from buildsys.stages.base import Stage, StageContext
 
 PYTHON_TOOLS = ("python", "numpy")
+# What each target runtime's stages (compile, infer, profile) depend on.
+RUNTIME_TOOLS = {
+    "onnx": ("onnx", "onnxruntime"),
+    "qnn_context_binary": ("onnx", "onnxruntime", "onnxruntime-qnn"),
+    "tflite": ("torch", "litert-torch", "ai-edge-litert"),
+}
+
+
+class RuntimeStage(Stage):
+    """A stage whose tools follow its `runtime` parameter."""
+
+    max_threads = 2
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return (*PYTHON_TOOLS, *RUNTIME_TOOLS[params["runtime"]])
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -6,24 +6,13 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
-from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_torch_model
-from buildsys.stages.base import Stage, StageContext
-
-TOOLS = {
-    "onnx": ("onnx", "onnxruntime"),
-    "qnn_context_binary": ("onnx", "onnxruntime", "onnxruntime-qnn"),
-    "tflite": ("torch", "litert-torch", "ai-edge-litert"),
-}
+from buildsys.stages._common import RuntimeStage, example_inputs, load_torch_model
+from buildsys.stages.base import StageContext
 
 
-class CompileStage(Stage):
+class CompileStage(RuntimeStage):
     kind: ClassVar[str] = "compile"
     version: ClassVar[str] = "3"
-    max_threads: ClassVar[int] = 2
-
-    @classmethod
-    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
-        return (*PYTHON_TOOLS, *TOOLS[params["runtime"]])
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         runtime = ctx.params["runtime"]

@@ -8,14 +8,13 @@ import statistics
 from typing import Any, ClassVar
 
 from buildsys.stages._common import (
-    PYTHON_TOOLS,
+    RuntimeStage,
     compiled_inputs,
     load_samples,
     save_samples,
     write_json,
 )
-from buildsys.stages.base import Stage, StageContext
-from buildsys.stages.compile import TOOLS
+from buildsys.stages.base import StageContext
 
 WHERE = {
     "host": "host CPU",
@@ -23,14 +22,9 @@ WHERE = {
 }
 
 
-class InferStage(Stage):
+class InferStage(RuntimeStage):
     kind: ClassVar[str] = "infer"
     version: ClassVar[str] = "1"
-    max_threads: ClassVar[int] = 2
-
-    @classmethod
-    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
-        return (*PYTHON_TOOLS, *TOOLS[params["runtime"]])
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         samples = load_samples(ctx.input("samples"))

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from buildsys.stages._common import PYTHON_TOOLS, compiled_inputs, example_inputs, write_json
-from buildsys.stages.base import Stage, StageContext
-from buildsys.stages.compile import TOOLS
+from buildsys.stages._common import (
+    RuntimeStage,
+    compiled_inputs,
+    example_inputs,
+    write_json,
+)
+from buildsys.stages.base import StageContext
 
 
-class ProfileStage(Stage):
+class ProfileStage(RuntimeStage):
     kind: ClassVar[str] = "profile"
     version: ClassVar[str] = "1"
-    max_threads: ClassVar[int] = 2
-
-    @classmethod
-    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
-        return (*PYTHON_TOOLS, *TOOLS[params["runtime"]])
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import numpy as np
