@@ -12,7 +12,7 @@ from buildsys.stages.base import StageContext
 
 class CompileStage(RuntimeStage):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "3"
+    version: ClassVar[str] = "4"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         runtime = ctx.params["runtime"]
@@ -40,21 +40,16 @@ class CompileStage(RuntimeStage):
         return metrics
 
     def _qnn(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.ort_runtime import optimize_model
         from buildsys.backends.qnn import compile_context_binary
 
         fp16 = ctx.params["precision"] == "float" and ctx.params["float"] == "fp16"
-        # Compile from a fixed relative path in a fresh process: the only way the context
-        # binary's bytes are reproducible (see the toolchain notes).
+        # Exporters (torch's, AIMET's) leave shape arithmetic (Shape → Gather → Concat feeding
+        # Resize and Pad) that HTP cannot run; ORT's basic level folds it into constants and
+        # keeps Q/DQ nodes as they are. (The QNN backend compiles in a fresh process, which
+        # keeps the context binary's bytes reproducible.)
         local = ctx.work_dir / "model.onnx"
-        if fp16:
-            # The exporter leaves shape arithmetic (Shape → Gather → Concat feeding Resize and
-            # Pad) that HTP cannot run; ORT's basic level folds it into constants. Quantized
-            # models had this done by quant_pre_process already.
-            from buildsys.backends.ort_runtime import optimize_model
-
-            optimize_model(ctx.input("model"), local, level="basic")
-        else:
-            shutil.copyfile(ctx.input("model"), local)
+        optimize_model(ctx.input("model"), local, level="basic")
         produced = compile_context_binary(local, ctx.work_dir / "compiled",
                                           ctx.params["chipset"], fp16=fp16)
         shutil.copyfile(produced["model"], ctx.output("model_ctx.onnx"))
