@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildsys.errors import RecipeError, StageError
+from buildsys.errors import ModelbuildError, RecipeError, StageError
 from buildsys.execute.report import report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
@@ -65,6 +65,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     started = time.monotonic()
     store = open_store(recipe, options.cache_dir)
     try:
+        store.sweep_tmp()  # what killed builds left in the store's temporary area
         plan = plan_build(recipe, store, options)
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
         jobs = options.jobs or len(os.sched_getaffinity(0))
@@ -77,29 +78,47 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             progress.close()
         previous_lock = read_lock(recipe.lock_path)
         mismatches = lock_mismatches(previous_lock, plan, outcomes) if options.check else []
+        errors: list[str] = []  # the build's own files that could not be written
         if not options.check:
-            update_lock(recipe, previous_lock, plan, outcomes)
+            try:
+                update_lock(recipe, previous_lock, plan, outcomes)
+            except ModelbuildError as exc:
+                errors.append(str(exc))
         wall = time.monotonic() - started
         report = report_dict(recipe.name, outcomes, wall, mismatches)
+        if errors:
+            report.update(ok=False, errors=list(errors))
         if options.report:
-            write_report(options.report, report)
+            try:
+                write_report(options.report, report)
+            except ModelbuildError as exc:
+                errors.append(str(exc))
         print_failures(outcomes, mismatches)
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
         if not options.quiet:
             print(summary_line(outcomes, wall), file=sys.stderr)
-        return 0 if report["ok"] else 1
+        return 0 if report["ok"] and not errors else 1
     finally:
         store.close()
 
 
 def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Plan,
                 outcomes: dict[str, Outcome]) -> None:
-    """Record what this build produced; keep entries of stages it did not touch."""
+    """Record what this build produced; keep entries of stages it did not touch.
+
+    A stage this build tried but could not build (failed, or skipped after a failure) loses
+    its entry: the old one describes outputs made from other inputs than the entries around
+    it (an upstream stage rebuilt, a file edited), and the lock must never mix two states.
+    """
     stages = {sid: entry for sid, entry in previous.items() if sid in plan.all_stage_ids}
     for stage_id, outcome in outcomes.items():
         if outcome.ok and outcome.record and outcome.key:
             node = plan.stages[stage_id].node
             stages[stage_id] = lock_entry(outcome.key, outcome.record["outputs"],
                                           node.measurements)
+        elif not outcome.ok:
+            stages.pop(stage_id, None)
     write_lock(recipe.lock_path, recipe.name, stages)
 
 

@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     except ModelbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 130 if type(exc).__name__ == "Interrupted" else 1
+    except OSError as exc:  # the disk, permissions: outside any stage (those fail alone)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before or after the executor (which handles its own)
+        print("error: interrupted: finished stages are cached; run again to resume",
+              file=sys.stderr)
+        return 130
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from buildsys.errors import ModelbuildError
 from buildsys.execute.runner import Outcome
 
 
@@ -34,10 +35,14 @@ def report_dict(recipe_name: str, outcomes: dict[str, Outcome], wall_s: float,
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelbuildError(f"cannot write the report {path}: {exc.strerror or exc}") from exc
 
 
 def summary_line(outcomes: dict[str, Outcome], wall_s: float) -> str:

@@ -209,8 +209,10 @@ class Executor:
             log_text = self._keep_log(scratch / "log.txt", log_path)
             result = self._read_result(scratch, returncode, timed_out, node.timeout)
             if not result.get("ok"):
+                error = self._in_project_terms(str(result.get("error")), scratch, node,
+                                               job["inputs"])
                 return Outcome(stage_id, FAILED, planned.reason, planned.key,
-                               duration_s=duration, error=str(result.get("error")),
+                               duration_s=duration, error=error,
                                metrics=result.get("metrics") or {}, log_path=log_path,
                                check_failed=bool(result.get("check")))
             changed = self._inputs_changed(node, (planned.ingredients or {}).get("inputs", {}))
@@ -232,6 +234,20 @@ class Executor:
                 self._free_slots.append(slot)
                 self._free_slots.sort()
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _in_project_terms(self, text: str, scratch: Path, node: StageNode,
+                          inputs: dict[str, str]) -> str:
+        """A stage's error names the user's files (weights.pt), not their snapshots in the
+        scratch directory, which is gone by the time the message is read."""
+        for name, relative in sorted(inputs.items(), key=lambda item: -len(item[1])):
+            ref = node.inputs[name]
+            if isinstance(ref, FileRef):
+                shown = (ref.path.relative_to(self.options.project_dir).as_posix()
+                         if ref.path.is_relative_to(self.options.project_dir) else str(ref.path))
+            else:
+                shown = f"{ref.name} (output of {ref.stage})"
+            text = text.replace(str(scratch / relative), shown)
+        return text
 
     def _inputs_changed(self, node: StageNode, digests: dict[str, str]) -> list[str]:
         """Inputs whose bytes differ now from those the stage's key was computed from.

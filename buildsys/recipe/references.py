@@ -35,6 +35,7 @@ def reference_problems(doc: YamlDocument, project_dir: Path) -> list[str]:
     checker.check_devices(data)
     checker.check_files(data)
     checker.check_steps(data)
+    checker.check_settings(data)
     return checker.problems
 
 
@@ -219,6 +220,15 @@ class _Checker:
                 elif dep not in produced and not (self.project_dir / dep).is_file():
                     self.report(path, f"input {dep!r} is neither a file (relative to "
                                       f"{self.project_dir}) nor another step's output")
+
+
+    def check_settings(self, data: dict[str, Any]) -> None:
+        """The build writes into these directories: they must stay inside the project."""
+        for key in ("build_dir", "dist_dir"):
+            value = (data.get("settings") or {}).get(key)
+            if isinstance(value, str) and not is_safe_relative(value):
+                self.report(("settings", key), f"{value!r} must be a relative path inside the "
+                                               f"project (the build writes there)")
 
 
 def is_safe_relative(path: str) -> bool:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,26 @@ from buildsys.errors import StoreError
 from buildsys.hashing import ALGORITHM, digest_file
 
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_HOST = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
+
+
+def owner_tag() -> str:
+    """`~host~pid~`, put in the names of temporary files and directories in the store, so a
+    later build can tell the debris of a dead process from the work of a live one."""
+    return f"~{_HOST}~{os.getpid()}~"
+
+
+def owner_is_dead(name: str) -> bool:
+    parts = name.split("~")
+    if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
+        return False  # not ours to judge: another machine, or not a tagged name
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by another user
+    return False
 
 
 class BlobStore:
@@ -59,7 +80,7 @@ class BlobStore:
     def put_file(self, source: Path) -> str:
         """Store the file's bytes; returns their digest. The source is left in place."""
         self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=f"blob{owner_tag()}")
         tmp = Path(tmp_name)
         try:
             hasher = hashlib.new(ALGORITHM)

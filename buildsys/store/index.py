@@ -3,87 +3,255 @@
 Backed by diskcache (SQLite, safe across processes). Values are JSON text so a record can be
 copied to a remote store as is. A damaged database is moved aside and a fresh one started: the
 blobs survive, the affected stages simply run again.
+
+SQLite notices damage to its own structure, not to the values it stores, so every value is
+written with the sha256 of its JSON text and checked when read: a value altered on disk (bit
+rot, a stray write) reads as absent — the stage runs again — never as a different record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import sqlite3
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
+
+from buildsys.errors import StoreError
 
 RECORD = "ac:"
 LAST_KEY = "last:"
 JOB = "job:"
 STAT = "stat:"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+# Errors that say nothing about the file's contents: the disk, locks, permissions, memory.
+_ENVIRONMENT = ("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_PERM",
+                "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_NOMEM", "SQLITE_INTERRUPT",
+                "SQLITE_NOLFS", "SQLITE_AUTH", "SQLITE_PROTOCOL")
+_ENVIRONMENT_TEXT = ("disk is full", "locked", "disk i/o", "readonly", "unable to open",
+                     "out of memory", "interrupted")
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    """Damage to the database file — its pages, its schema (diskcache's own tables missing a
+    column), undecodable text — as opposed to a full disk, a lock timeout or I/O trouble,
+    which must not get a healthy index thrown away."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        return not name.startswith(_ENVIRONMENT)
+    text = str(exc).lower()
+    return not any(t in text for t in _ENVIRONMENT_TEXT)
+
+
+def _seal(value: Any) -> str:
+    body = json.dumps(value, sort_keys=True)
+    return json.dumps({"json": body, "sha256": hashlib.sha256(body.encode()).hexdigest()})
+
+
+INTACT, LEGACY, DAMAGED = "intact", "legacy", "damaged"
+
+
+def _unseal(raw: Any) -> tuple[str, Any]:
+    """(INTACT, value); (LEGACY, None) for JSON written before values were sealed (read as
+    absent: those stages run once more); (DAMAGED, None) when the seal does not match."""
+    try:
+        outer = json.loads(raw)
+    except (TypeError, ValueError):
+        return DAMAGED, None
+    if not (isinstance(outer, dict) and set(outer) == {"json", "sha256"}):
+        return LEGACY, None
+    body = outer["json"]
+    try:
+        if hashlib.sha256(body.encode()).hexdigest() != outer["sha256"]:
+            return DAMAGED, None
+        return INTACT, json.loads(body)
+    except (AttributeError, TypeError, ValueError):
+        return DAMAGED, None
+
+
+def valid_record(record: Any, stage_key: str) -> bool:
+    """The shape every reader relies on: the key it was stored under, outputs with digests."""
+    if not isinstance(record, dict) or record.get("key") != stage_key:
+        return False
+    outputs = record.get("outputs")
+    return isinstance(outputs, dict) and all(
+        isinstance(name, str) and isinstance(o, dict) and isinstance(o.get("digest"), str)
+        and _DIGEST.fullmatch(o["digest"]) is not None
+        and isinstance(o.get("size"), int) and o["size"] >= 0
+        for name, o in outputs.items())
 
 
 class Index:
     def __init__(self, root: Path) -> None:
         self.path = root / "index"
+        self.damage: list[str] = []  # what was found damaged (and replaced) in this process
+        self._guard = threading.Lock()
         self._cache = self._open()
 
-    def _open(self) -> Any:
+    def _connect(self) -> Any:
         import diskcache
 
+        return diskcache.Cache(str(self.path), timeout=60, size_limit=2**40,
+                               eviction_policy="none")
+
+    def _open(self) -> Any:
         try:
-            cache = diskcache.Cache(str(self.path), timeout=60, size_limit=2**40,
-                                    eviction_policy="none")
+            cache = self._connect()
             cache.get("probe")  # touches the database: raises if it is damaged
             return cache
-        except sqlite3.DatabaseError as exc:
-            aside = self._move_aside()
-            warnings.warn(f"cache index {self.path} was damaged ({exc}); moved to {aside}, "
-                          f"starting a new index (stages will run again)", stacklevel=2)
-            return diskcache.Cache(str(self.path), timeout=60, size_limit=2**40,
-                                   eviction_policy="none")
+        except sqlite3.Error as exc:
+            if not _is_corruption(exc):
+                raise StoreError(f"cannot open the cache index {self.path}: {exc}") from exc
+            return self._start_afresh(exc)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # diskcache reads its settings from the database: damaged rows there fail in
+            # Python rather than in SQLite
+            return self._start_afresh(exc)
 
-    def _move_aside(self) -> Path:
+    def _start_afresh(self, exc: Exception) -> Any:
+        aside = self._move_aside()
+        where = f"moved to {aside}" if aside else "another process moved it aside"
+        message = (f"cache index {self.path} was damaged ({exc}); {where}, starting a new "
+                   f"index (stages will run again)")
+        self.damage.append(message)
+        warnings.warn(message, stacklevel=3)
+        return self._connect()
+
+    def _recover(self, exc: Exception, damaged: Any) -> None:
+        """Replace the damaged database (once, whichever thread notices first)."""
+        with self._guard:
+            if self._cache is not damaged:
+                return
+            damaged.close()
+            self._cache = self._start_afresh(exc)
+
+    def _move_aside(self) -> Path | None:
         n = 0
         while (aside := self.path.with_name(f"index.damaged-{n}")).exists():
             n += 1
-        self.path.rename(aside)
+        try:
+            self.path.rename(aside)
+        except FileNotFoundError:
+            return None
         return aside
 
     def close(self) -> None:
         self._cache.close()
 
     def _get(self, key: str) -> Any:
-        try:
-            raw = self._cache.get(key)
-        except sqlite3.DatabaseError as exc:
-            warnings.warn(f"cache index read failed for {key[:40]}: {exc}", stacklevel=2)
-            return None
+        for attempt in (1, 2):
+            cache = self._cache
+            try:
+                raw = cache.get(key)
+                break
+            except sqlite3.Error as exc:
+                if attempt == 1 and _is_corruption(exc):
+                    self._recover(exc, cache)
+                    continue
+                warnings.warn(f"cache index read failed for {key[:40]}: {exc}", stacklevel=2)
+                return None
+            except (OSError, ValueError) as exc:  # a value diskcache keeps in a file
+                warnings.warn(f"cache index entry {key[:40]} is unreadable ({exc}); "
+                              f"ignoring it", stacklevel=2)
+                return None
         if raw is None:
             return None
-        try:
-            return json.loads(raw)
-        except (TypeError, ValueError):
-            warnings.warn(f"cache index entry {key[:40]} is unreadable; ignoring it", stacklevel=2)
-            return None
+        state, value = _unseal(raw)
+        if state == DAMAGED:
+            warnings.warn(f"cache index entry {key[:40]} is damaged; ignoring it", stacklevel=2)
+        return value
 
     def _set(self, key: str, value: Any) -> None:
-        self._cache.set(key, json.dumps(value, sort_keys=True))
+        sealed = _seal(value)
+        for attempt in (1, 2):
+            cache = self._cache
+            try:
+                cache.set(key, sealed)
+                return
+            except sqlite3.Error as exc:
+                if attempt == 1 and _is_corruption(exc):
+                    self._recover(exc, cache)
+                    continue
+                raise StoreError(f"cannot write to the cache index {self.path}: {exc}") from exc
+            except OSError as exc:
+                raise StoreError(f"cannot write to the cache index {self.path}: {exc}") from exc
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._cache.delete(key)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot write to the cache index {self.path}: {exc}") from exc
 
     # stage records
     def get_record(self, stage_key: str) -> dict[str, Any] | None:
-        return self._get(RECORD + stage_key)
+        record = self._get(RECORD + stage_key)
+        if record is None or valid_record(record, stage_key):
+            return record
+        warnings.warn(f"cache index record {stage_key[:12]} is not a valid record; ignoring it",
+                      stacklevel=2)
+        return None
 
     def put_record(self, stage_key: str, record: dict[str, Any]) -> None:
         self._set(RECORD + stage_key, record)
 
     def delete_record(self, stage_key: str) -> None:
-        self._cache.delete(RECORD + stage_key)
+        self._delete(RECORD + stage_key)
 
     def records(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for key in list(self._cache.iterkeys()):
-            if isinstance(key, str) and key.startswith(RECORD):
-                record = self._get(key)
+        for key in self._keys():
+            if key.startswith(RECORD):
+                record = self.get_record(key[len(RECORD):])
                 if record is not None:
                     out[key[len(RECORD):]] = record
         return out
+
+    def _keys(self) -> list[str]:
+        cache = self._cache
+        try:
+            return [k for k in cache.iterkeys() if isinstance(k, str)]
+        except sqlite3.Error as exc:
+            if not _is_corruption(exc):
+                raise StoreError(f"cannot read the cache index {self.path}: {exc}") from exc
+            self._recover(exc, cache)
+            return []
+
+    def check(self) -> list[str]:
+        """Re-check everything (for `cache verify`): the database's own integrity, then every
+        value's checksum. A damaged database is replaced; damaged entries are deleted."""
+        problems: list[str] = []
+        try:
+            con = sqlite3.connect(self.path / "cache.db", timeout=60)
+            try:
+                rows = con.execute("PRAGMA integrity_check").fetchall()
+            finally:
+                con.close()
+            if rows != [("ok",)]:
+                raise sqlite3.DatabaseError("; ".join(str(r[0]) for r in rows[:5]))
+        except sqlite3.Error as exc:
+            if not _is_corruption(exc):
+                raise StoreError(f"cannot check the cache index {self.path}: {exc}") from exc
+            self._recover(exc, self._cache)
+        problems.extend(self.damage)
+        for key in self._keys():
+            try:
+                raw = self._cache.get(key)
+            except (sqlite3.Error, OSError, ValueError):
+                raw = None
+            state, value = _unseal(raw) if raw is not None else (DAMAGED, None)
+            if state == INTACT and key.startswith(RECORD) and not valid_record(
+                    value, key[len(RECORD):]):
+                state = DAMAGED
+            if state != INTACT:
+                self._delete(key)  # a legacy entry is dropped quietly: it was not damage
+            if state == DAMAGED:
+                problems.append(f"damaged index entry {key[:60]} (removed)")
+        return problems
 
     # which key a stage id had last time (to explain why it runs again)
     def get_last_key(self, stage_id: str) -> str | None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from buildsys.errors import StoreError
+
 Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LOCK_VERSION = 1
@@ -49,6 +51,10 @@ def write_lock(path: Path, recipe_name: str, stages: dict[str, dict[str, Any]]) 
     except FileNotFoundError:
         pass
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only project: the old lock stays as it was
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write the lock file {path}: {exc.strerror or exc}") from exc
     return True

@@ -46,7 +46,11 @@ def info(store: Store, args: argparse.Namespace) -> int:
 
 
 def verify(store: Store, args: argparse.Namespace) -> int:
-    """Re-hash every blob; drop records that point at missing or corrupt ones."""
+    """Check the index (database integrity, every entry's checksum), re-hash every blob; drop
+    damaged entries and records that point at missing or corrupt blobs."""
+    index_problems = store.index.check()
+    for problem in index_problems:
+        print(problem)
     bad_blobs = [d for d in store.blobs.digests() if not store.blobs.verify(d)]
     for digest in bad_blobs:
         print(f"corrupt blob {digest} (removed)")
@@ -59,8 +63,9 @@ def verify(store: Store, args: argparse.Namespace) -> int:
             print(f"record {record.get('stage_id', key[:12])}: missing {', '.join(missing)} "
                   f"(removed; the stage will run again)")
             store.index.delete_record(key)
-    print(f"verified: {len(bad_blobs)} corrupt blob(s), {broken} broken record(s)")
-    return 1 if bad_blobs or broken else 0
+    print(f"verified: {len(bad_blobs)} corrupt blob(s), {broken} broken record(s), "
+          f"{len(index_problems)} index problem(s)")
+    return 1 if bad_blobs or broken or index_problems else 0
 
 
 def _lock_files(args: argparse.Namespace) -> list[Path]:
@@ -92,6 +97,7 @@ def gc(store: Store, args: argparse.Namespace) -> int:
             del records[key]
             removed += 1
     live = {o["digest"] for r in records.values() for o in r["outputs"].values()}
+    store.sweep_tmp()  # scratch directories and half-written blobs of killed builds
     freed = 0
     for digest in list(store.blobs.digests()):
         if digest not in live:

@@ -8,11 +8,12 @@ operations: has_blob / get_blob / put_blob / get_record / put_record.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from buildsys.store.blobs import BlobStore
+from buildsys.store.blobs import BlobStore, owner_is_dead, owner_tag
 from buildsys.store.index import Index
 from buildsys.store.statcache import StatCache
 
@@ -30,7 +31,7 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(root)
         self.index = Index(root)
-        self.stats = StatCache(self.index)
+        self.stats = StatCache(self.index, blob_root=self.blobs.cas)
 
     def close(self) -> None:
         self.index.close()
@@ -58,11 +59,12 @@ class Store:
 
         Re-hashes only when the blob file's stat fingerprint changed since it was last checked
         (any write to it, even through a hardlink in the build directory, changes its mtime);
-        `cache verify` re-hashes everything.
+        `cache verify` re-hashes everything. Never answered from a memo of an earlier check in
+        this process: a blob damaged between planning and use must not reach a stage.
         """
         if not self.blobs.has(digest, size):
             return False
-        return self.stats.digest(self.blobs.path_of(digest)) == digest
+        return not self.stats.changed(self.blobs.path_of(digest), digest)
 
     def damaged_outputs(self, record: dict[str, Any]) -> list[str]:
         """Names of the record's outputs whose blobs are missing or corrupt."""
@@ -74,4 +76,19 @@ class Store:
         base = self.root / "tmp" / "work"
         base.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[-60:]
-        return Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=base))
+        return Path(tempfile.mkdtemp(prefix=f"{safe}{owner_tag()}", dir=base))
+
+    def sweep_tmp(self) -> list[Path]:
+        """Remove the scratch directories and half-written blobs of builds that died without
+        cleaning up (SIGKILL, OOM killer, power loss): their owner process is gone. Entries
+        of live processes, of other machines sharing the store, or of unknown owners stay."""
+        removed = []
+        tmp = self.root / "tmp"
+        for entry in [*tmp.glob("*"), *tmp.glob("work/*")]:
+            if entry.name != "work" and owner_is_dead(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+        return removed
