@@ -95,6 +95,7 @@ def load_yaml(path: Path, text: str | None = None) -> YamlDocument:
 # One constructor resolves every scalar with PyYAML's safe rules (int, float, bool, null, str).
 _CONSTRUCTOR = yaml.SafeLoader("")
 _TAG = "tag:yaml.org,2002:"
+_COLLECTION_TAGS = {f"{_TAG}map", f"{_TAG}seq"}
 _PLAIN_TAGS = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null")}
 _TIMESTAMP = f"{_TAG}timestamp"
 MAX_DEPTH = 64  # deeper than any recipe; keeps a hostile document from exhausting the stack
@@ -136,6 +137,10 @@ def _build(node: yaml.Node, path: PathKey, doc: YamlDocument,
                             f"deep")
         return None
     inner = ancestors | {id(node)}
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+        doc.problems.append(f"{_where(node, path, doc)}: unsupported YAML tag {node.tag!r}; a "
+                            f"recipe holds plain values")
+        return None
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:

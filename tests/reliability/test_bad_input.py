@@ -112,7 +112,7 @@ def test_binary_file_given_as_the_recipe(project: Project) -> None:
     (project.root / "recipe.yaml").write_bytes(b"recipe: x\n\x89PNG\r\n\x1a\n\xff\x00")
     process = project.run("recipe.yaml", check=False)
     assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr
-    assert "recipe.yaml:2:2: not UTF-8 text" in process.stderr
+    assert "recipe.yaml:2:1: not UTF-8 text" in process.stderr
     assert nothing_written(project.root) == []
 
 
