@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -233,7 +232,9 @@ class Executor:
             with self._lock:
                 self._free_slots.append(slot)
                 self._free_slots.sort()
-            shutil.rmtree(scratch, ignore_errors=True)
+            placed = [d for d in (planned.ingredients or {}).get("inputs", {}).values()
+                      if isinstance(d, str)]
+            self.store.remove_links(scratch, placed)
 
     def _in_project_terms(self, text: str, scratch: Path, node: StageNode,
                           inputs: dict[str, str]) -> str:

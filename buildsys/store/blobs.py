@@ -1,8 +1,9 @@
 """Content-addressed blob store on the local disk: `cas/<d[:2]>/<digest>`, read-only files.
 
 Every write goes to a temporary file in the same filesystem and is renamed into place, so a
-reader never sees half a blob. A blob is ingested by hardlink where possible (no copy of large
-model files), and hashed while it is read so the digest always describes the stored bytes.
+reader never sees half a blob. A blob is ingested as a copy (a stage's scratch output may
+still be written to), hashed while it is copied so the digest always describes the stored
+bytes; it is handed out by hardlink where possible (no copy of large model files).
 """
 
 from __future__ import annotations

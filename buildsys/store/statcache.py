@@ -9,10 +9,15 @@ from buildsys.hashing import digest_file
 from buildsys.store.index import Index
 
 
+def _fingerprint(st: os.stat_result) -> list[int]:
+    # mtime_ns and inode catch edits even when the size stays the same; ctime catches a write
+    # whose mtime was put back (`touch -d`, a tool that preserves times).
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 class StatCache:
-    def __init__(self, index: Index, blob_root: Path | None = None) -> None:
+    def __init__(self, index: Index) -> None:
         self.index = index
-        self.blob_root = str(blob_root.resolve()) + os.sep if blob_root else None
         self._memo: dict[str, str] = {}
 
     def digest(self, path: Path, *, snapshot: bool = True) -> str:
@@ -27,13 +32,7 @@ class StatCache:
         key = str(path.resolve())
         if snapshot and key in self._memo:
             return self._memo[key]
-        st = os.stat(key)
-        # mtime_ns and inode catch edits even when the size stays the same; ctime catches a
-        # `touch -d` back to the old mtime — but only for sources: a blob's ctime moves every
-        # time it is hardlinked into a build directory, and re-hashing a gigabyte of blobs on
-        # the next no-op for that would be pointless (`cache verify` re-hashes everything).
-        blob = self.blob_root is not None and key.startswith(self.blob_root)
-        fingerprint = [st.st_size, st.st_mtime_ns, 0 if blob else st.st_ctime_ns, st.st_ino]
+        fingerprint = _fingerprint(os.stat(key))
         entry = self.index.get_stat(key)
         if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint \
                 and isinstance(entry.get("digest"), str):
@@ -44,6 +43,22 @@ class StatCache:
         if snapshot:
             self._memo[key] = digest
         return digest
+
+    def vouch(self, path: Path, digest: str) -> None:
+        """Record that the file now holds `digest`: for bytes this process has just hashed."""
+        key = str(path.resolve())
+        self.index.set_stat(key, {"fingerprint": _fingerprint(os.stat(key)), "digest": digest})
+
+    def carry_over(self, path: Path, before: os.stat_result) -> None:
+        """Our own hardlink or unlink of the file moved its ctime (and nothing else): if the
+        file was unchanged since it was last hashed, keep its digest under the new fingerprint,
+        so the next build does not re-hash a gigabyte of blobs for links it made itself."""
+        key = str(path.resolve())
+        entry = self.index.get_stat(key)
+        if isinstance(entry, dict) and entry.get("fingerprint") == _fingerprint(before):
+            after = _fingerprint(os.stat(key))
+            if after[:2] + after[3:] == entry["fingerprint"][:2] + entry["fingerprint"][3:]:
+                self.index.set_stat(key, {**entry, "fingerprint": after})
 
     def changed(self, path: Path, expected: str) -> bool:
         """True when the file no longer holds the bytes whose digest is `expected` (or is

@@ -31,7 +31,7 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(root)
         self.index = Index(root)
-        self.stats = StatCache(self.index, blob_root=self.blobs.cas)
+        self.stats = StatCache(self.index)
 
     def close(self) -> None:
         self.index.close()
@@ -41,10 +41,33 @@ class Store:
         return self.blobs.has(digest, size)
 
     def get_blob(self, digest: str, dest: Path, *, verify: bool = True) -> None:
+        blob = self.blobs.path_of(digest)
+        before = self._stat(blob)
         self.blobs.materialise(digest, dest, verify=verify)
+        if before is not None:
+            self.stats.carry_over(blob, before)
 
     def put_blob(self, path: Path) -> str:
-        return self.blobs.put_file(path)
+        digest = self.blobs.put_file(path)
+        self.stats.vouch(self.blobs.path_of(digest), digest)  # hashed while it was stored
+        return digest
+
+    def remove_links(self, directory: Path, digests: list[str]) -> None:
+        """Delete a scratch directory holding hardlinks of these blobs, keeping their stat
+        fingerprints valid (an unlink moves a blob's ctime)."""
+        blobs = [self.blobs.path_of(d) for d in digests]
+        before = [self._stat(blob) for blob in blobs]
+        shutil.rmtree(directory, ignore_errors=True)
+        for blob, st in zip(blobs, before, strict=True):
+            if st is not None:
+                self.stats.carry_over(blob, st)
+
+    @staticmethod
+    def _stat(path: Path) -> os.stat_result | None:
+        try:
+            return path.stat()
+        except OSError:
+            return None
 
     # records
     def get_record(self, stage_key: str) -> dict[str, Any] | None:
