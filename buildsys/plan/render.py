@@ -15,8 +15,11 @@ def plan_table(plan: Plan) -> str:
     width = max((len(r[0]) for r in rows), default=5)
     lines = [f"{'STAGE':<{width}}  {'STATUS':<7}  REASON"]
     lines += [f"{sid:<{width}}  {status:<7}  {reason}" for sid, status, reason in rows]
-    lines.append(f"{plan.count('run')} to run, {plan.count('cached')} cached, "
-                 f"{plan.count('skipped')} skipped")
+    summary = f"{plan.count('run')} to run, {plan.count('cached')} cached, " \
+              f"{plan.count('skipped')} skipped"
+    if plan.count("failed"):  # e.g. an AI Hub stage without a token: fails without running
+        summary += f", {plan.count('failed')} cannot run"
+    lines.append(summary)
     return "\n".join(lines)
 
 

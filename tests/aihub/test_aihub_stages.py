@@ -524,6 +524,7 @@ def test_no_token_fails_ai_hub_stages_at_plan_time_local_stages_still_build(
 
 def test_plan_shows_the_token_problem(isolated: Path, fake: FakeHub) -> None:
     from buildsys.build import open_store, plan_build
+    from buildsys.plan.render import plan_table
 
     (isolated / "recipe.yaml").write_text(recipe_text(W8A8_BOTH))
     recipe = load_recipe(isolated / "recipe.yaml")
@@ -534,6 +535,8 @@ def test_plan_shows_the_token_problem(isolated: Path, fake: FakeHub) -> None:
         store.close()
     assert plan.stages[COMPILE_QNN].status == "failed"
     assert CONFIGURE_HINT in plan.stages[COMPILE_QNN].reason
+    summary = plan_table(plan).splitlines()[-1]
+    assert summary.endswith(f", {plan.count('failed')} cannot run") and plan.count("failed") >= 2
     assert plan.stages[INFER_QNN].status == "skipped"
     assert plan.stages["tiny/export"].status == "run"
 
