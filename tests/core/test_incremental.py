@@ -213,13 +213,21 @@ def test_two_concurrent_builds_share_one_store(project: Project) -> None:
     assert statuses(project.build(), "built") == set()
 
 
+def _like_a_terminal_child() -> None:
+    """SIGINT as a shell gives it to a foreground command: not ignored, not blocked (a test
+    runner launched in the background may pass either on to its children)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 def test_ctrl_c_stops_cleanly_and_resumes(project: Project) -> None:
     recipe = RECIPE.replace("open('o.txt','w').write('other')",
                             "__import__('time').sleep(30)")
     make(project, recipe)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([PY, "-m", "buildsys", "recipe.yaml", "-j", "2"], cwd=project.root,
-                            env=env, stderr=subprocess.PIPE, text=True)
+                            env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_like_a_terminal_child)
     deadline = time.monotonic() + 60
     while not (project.root / "build/steps/report/r.txt").exists():
         assert time.monotonic() < deadline, "chain did not finish"
