@@ -33,6 +33,11 @@ class PlainProgress:
         if not self.quiet:
             self._write(f"[{self.done}/{self.total}] run  {stage_id}  ({reason})")
 
+    def note(self, stage_id: str, text: str) -> None:
+        """A running stage's new status line (e.g. an AI Hub job's state and link)."""
+        if not self.quiet:
+            self._write(f"      {stage_id}: {text}")
+
     def finished(self, outcome: Outcome) -> None:
         self.done += 1
         if outcome.status == "cached" and not self.verbose and outcome.reason == "up to date":
@@ -63,18 +68,21 @@ class LiveProgress(PlainProgress):
 
         self.console = Console(file=stream)
         self.running: dict[str, float] = {}
+        self.notes: dict[str, str] = {}
         self.live = Live(self._render(), console=self.console, refresh_per_second=4,
                          transient=True, get_renderable=self._render)
         self.live.start()
 
     def _render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 1))
         now = time.monotonic()
         for stage_id, started in sorted(self.running.items()):
-            table.add_row("[cyan]⠿[/]", stage_id, f"[dim]{now - started:5.0f} s[/]")
-        table.add_row("", f"[dim]{self.done}/{self.total} stages settled[/]", "")
+            table.add_row("[cyan]⠿[/]", stage_id, f"[dim]{now - started:5.0f} s[/]",
+                          Text(self.notes.get(stage_id, ""), style="dim"))
+        table.add_row("", f"[dim]{self.done}/{self.total} stages settled[/]", "", "")
         return table
 
     def _write(self, line: str) -> None:
@@ -86,8 +94,14 @@ class LiveProgress(PlainProgress):
         if self.verbose:
             self._write(f"run  {stage_id}  ({reason})")
 
+    def note(self, stage_id: str, text: str) -> None:
+        self.notes[stage_id] = text  # shown in the stage's live row
+        if self.verbose:
+            self._write(f"      {stage_id}: {text}")
+
     def finished(self, outcome: Outcome) -> None:
         self.running.pop(outcome.stage_id, None)
+        self.notes.pop(outcome.stage_id, None)
         super().finished(outcome)
 
     def close(self) -> None:

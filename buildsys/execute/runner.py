@@ -15,13 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys.errors import ModelbuildError, StoreError
-from buildsys.execute.worker import COORDINATOR_ENV
+from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
 from buildsys.plan.planner import (
@@ -36,6 +37,9 @@ from buildsys.store.store import Store
 
 BUILT, FAILED = "built", "failed"
 LOG_TAIL = 20_000
+# Remote stages (AI Hub jobs) waiting at once, besides the -j local ones: each is an idle
+# worker process polling a service, and the service runs the jobs in parallel on its devices.
+REMOTE_JOBS = 16
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Outcome:
 
 class Progress(Protocol):
     def started(self, stage_id: str, reason: str) -> None: ...
+    def note(self, stage_id: str, text: str) -> None: ...
     def finished(self, outcome: Outcome) -> None: ...
 
 
@@ -91,6 +96,8 @@ class Executor:
         self._lock = threading.Lock()
         self._free_slots = list(range(max(1, options.jobs)))
         self._stopping = False
+        self._scratches: dict[str, Path] = {}  # running stage → its scratch directory
+        self._statuses: dict[str, str] = {}  # running stage → the status line last shown
 
     # --- scheduling -------------------------------------------------------------------------
     def run(self) -> dict[str, Outcome]:
@@ -99,14 +106,16 @@ class Executor:
         ready = [s for s in self.plan.order if not waiting[s]]
         running: dict[Future[Outcome], str] = {}
         jobs = max(1, self.options.jobs)
-        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
+        pool = ThreadPoolExecutor(max_workers=jobs + REMOTE_JOBS, thread_name_prefix="stage")
         try:
             while ready or running:
-                while ready and len(running) < jobs and not self._stopping:
-                    stage_id = ready.pop(0)
+                while not self._stopping:
+                    stage_id = self._next_startable(ready, running.values(), jobs)
+                    if stage_id is None:
+                        break
                     outcome = self._settle_without_running(stage_id)
                     if outcome is None:
-                        slot = self._free_slots.pop(0)
+                        slot = None if self._is_remote(stage_id) else self._free_slots.pop(0)
                         self.progress.started(stage_id, self.plan.stages[stage_id].reason)
                         running[pool.submit(self._run_stage, stage_id, slot)] = stage_id
                         continue
@@ -119,6 +128,7 @@ class Executor:
                 for future in done:
                     stage_id = running.pop(future)
                     self._finish(future.result(), waiting, ready)
+                self._show_statuses(running.values())
         except KeyboardInterrupt:
             self._stopping = True
             self._kill_all()
@@ -133,6 +143,36 @@ class Executor:
                 self.outcomes[stage_id] = outcome
                 self.progress.finished(outcome)
         return self.outcomes
+
+    def _is_remote(self, stage_id: str) -> bool:
+        # Inline stages share this process (and its working directory): one at a time.
+        return not self.options.inline and stage_class(self.plan.stages[stage_id].node.kind).remote
+
+    def _next_startable(self, ready: list[str], running: Iterable[str], jobs: int) -> str | None:
+        """The first ready stage with a free slot of its kind: local stages share the -j
+        budget, remote ones their own."""
+        busy = list(running)
+        remote = sum(1 for s in busy if self._is_remote(s))
+        free = {False: jobs - (len(busy) - remote), True: REMOTE_JOBS - remote}
+        for index, stage_id in enumerate(ready):
+            if free[self._is_remote(stage_id)] > 0:
+                return ready.pop(index)
+        return None
+
+    def _show_statuses(self, running: Iterable[str]) -> None:
+        """Pass on each running stage's newest status line (a remote job's state and link)."""
+        for stage_id in list(running):
+            scratch = self._scratches.get(stage_id)
+            if scratch is None:
+                continue
+            try:
+                lines = (scratch / STATUS_FILE).read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            text = lines[-1].strip()[:300] if lines else ""
+            if text and text != self._statuses.get(stage_id):
+                self._statuses[stage_id] = text
+                self.progress.note(stage_id, text)
 
     def _finish(self, outcome: Outcome, waiting: dict[str, set[str]], ready: list[str]) -> None:
         self.outcomes[outcome.stage_id] = outcome
@@ -185,7 +225,10 @@ class Executor:
         return Outcome(stage_id, CACHED, reason, key, record, metrics=record.get("metrics", {}))
 
     # --- one stage ---------------------------------------------------------------------------
-    def _threads_and_cpus(self, node: StageNode, slot: int) -> tuple[int, list[int] | None]:
+    def _threads_and_cpus(self, node: StageNode,
+                          slot: int | None) -> tuple[int, list[int] | None]:
+        if slot is None:  # a remote stage: it waits, it does not compute
+            return 1, None
         cpus = self.options.cpu_count
         jobs = max(1, self.options.jobs)
         per_worker = max(1, cpus // jobs)
@@ -195,11 +238,12 @@ class Executor:
         available = sorted(os.sched_getaffinity(0))
         return threads, available[slot * per_worker:(slot + 1) * per_worker]
 
-    def _run_stage(self, stage_id: str, slot: int) -> Outcome:
+    def _run_stage(self, stage_id: str, slot: int | None) -> Outcome:
         planned = self.plan.stages[stage_id]
         node = planned.node
         started = time.monotonic()
         scratch = self.store.new_scratch(stage_id.replace("/", "_"))
+        self._scratches[stage_id] = scratch
         log_path = self.options.build_dir / "logs" / f"{stage_id.replace('/', '__')}.log"
         try:
             job = self._prepare_job(node, planned.ingredients or {}, scratch, slot)
@@ -229,9 +273,12 @@ class Executor:
                            duration_s=time.monotonic() - started, error=str(exc),
                            log_path=log_path if log_path.exists() else None)
         finally:
-            with self._lock:
-                self._free_slots.append(slot)
-                self._free_slots.sort()
+            self._scratches.pop(stage_id, None)
+            self._statuses.pop(stage_id, None)
+            if slot is not None:
+                with self._lock:
+                    self._free_slots.append(slot)
+                    self._free_slots.sort()
             placed = [d for d in (planned.ingredients or {}).get("inputs", {}).values()
                       if isinstance(d, str)]
             self.store.remove_links(scratch, placed)
@@ -271,7 +318,7 @@ class Executor:
         return changed
 
     def _prepare_job(self, node: StageNode, parts: dict[str, Any], scratch: Path,
-                     slot: int) -> dict[str, Any]:
+                     slot: int | None) -> dict[str, Any]:
         inputs: dict[str, str] = {}
         for index, (name, ref) in enumerate(sorted(node.inputs.items())):
             # Outputs of one producer stay side by side under their own names: a compiled

@@ -19,6 +19,7 @@ from pathlib import Path
 
 # The coordinator's pid, set by the runner: a worker ends when its coordinator is gone.
 COORDINATOR_ENV = "MODELBUILD_COORDINATOR_PID"
+STATUS_FILE = "status.txt"  # the stage's latest status line (StageContext.status)
 
 
 def _limit_threads(threads: int, cpus: list[int] | None) -> None:
@@ -51,6 +52,7 @@ def run_job(job_path: Path) -> int:
         work_dir=scratch / "work",
         threads=int(job["threads"]),
         extras=job.get("extras") or {},
+        status_path=scratch / STATUS_FILE,
     )
     ctx.out_dir.mkdir(exist_ok=True)
     ctx.work_dir.mkdir(exist_ok=True)

@@ -122,8 +122,11 @@ def _remembered_device(ctx: StageContext, client: AIHubClient) -> DeviceInfo:
 
 
 def run_job(ctx: StageContext, client: AIHubClient, what: str,
-            submit: Callable[[], str]) -> tuple[str, str]:
+            submit: Callable[[], str], where: str = "") -> tuple[str, str]:
     """Submit (or resume) this stage's job and wait for it; returns (job id, url).
+
+    Each status change is logged and shown by the progress display (job id, device, status,
+    link).
 
     The id is remembered under the stage key before waiting, so an interrupted build, run
     again, waits for the same job. A failed job raises with its message and link and is
@@ -137,8 +140,12 @@ def run_job(ctx: StageContext, client: AIHubClient, what: str,
         ctx.remember(JOB, job_id)
         ctx.log(f"submitted AI Hub {what} job {job_id}")
 
+    on = f" on {where}" if where else ""
+    ctx.status(f"AI Hub {what} job {job_id}{on}: SUBMITTED")
+
     def on_status(job: str, status: str, url: str) -> None:
-        ctx.log(f"AI Hub {what} job {job}: {status} ({url})")
+        ctx.log(f"AI Hub {what} job {job}{on}: {status} ({url})")
+        ctx.status(f"AI Hub {what} job {job}{on}: {status} {url}")
 
     outcome = client.wait_for([job_id], on_status, timeout_s=_env_seconds(WAIT_ENV))[job_id]
     if outcome.success:
@@ -161,6 +168,7 @@ class AIHubStage(Stage):
     """Runs `_run` with the backend's messages (retries, back-off) written to the stage log."""
 
     tools: ClassVar[tuple[str, ...]] = TOOLS
+    remote: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         with _backend_messages_in_log():
@@ -233,7 +241,7 @@ class AIHubCompileStage(AIHubStage):
             return client.submit_compile(model, device, runtime, options=params.get("options")
                                          or "", input_specs=specs, name=_job_name(ctx))
 
-        job_id, url = run_job(ctx, client, "compile", submit)
+        job_id, url = run_job(ctx, client, "compile", submit, device.name)
         download = ctx.work_dir / "download"
         produced = client.download_compiled(job_id, download, stem="model")
         files = _place_outputs(produced, ctx.out_dir)
@@ -346,7 +354,7 @@ class AIHubInferStage(AIHubStage):
             return client.submit_inference(compiled["job_id"], device, inputs, profile=True,
                                            name=_job_name(ctx))
 
-        job_id, url = run_job(ctx, client, "inference", submit)
+        job_id, url = run_job(ctx, client, "inference", submit, device.name)
         profile = client.download_profile(job_id)
         outputs = _named_outputs(client.download_outputs(job_id), io["outputs"], len(samples),
                                  job_id)

@@ -8,6 +8,7 @@ Stage modules import heavy libraries inside `run` only: the planner imports ever
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ class StageContext:
     work_dir: Path
     threads: int = 1
     extras: dict[str, Any] = field(default_factory=dict)
+    # Where `status` writes; the executor shows it next to the running stage.
+    status_path: Path | None = None
 
     def input(self, name: str) -> Path:
         try:
@@ -71,6 +74,15 @@ class StageContext:
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    def status(self, text: str) -> None:
+        """One line saying what the stage is waiting for now (e.g. a remote job's status and
+        link), shown by the progress display while the stage runs. Not part of any output."""
+        if self.status_path is None:
+            return
+        tmp = self.status_path.with_name(f".{self.status_path.name}.tmp")
+        tmp.write_text(" ".join(text.split()))
+        os.replace(tmp, self.status_path)
+
 
 class Stage:
     kind: ClassVar[str]
@@ -80,6 +92,9 @@ class Stage:
     max_threads: ClassVar[int] = 1
     # Packaging records which stage keys made its inputs; those keys then enter its own key.
     wants_upstream_keys: ClassVar[bool] = False
+    # The stage mostly waits on a remote service (AI Hub): it runs outside the local -j
+    # budget, so all independent remote jobs are submitted at once and awaited together.
+    remote: ClassVar[bool] = False
 
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 from buildsys.errors import StageError
 from buildsys.stages.base import Stage, StageContext
 
+STATUS_ENV = "MODELBUILD_STATUS"
+
 
 class CommandStage(Stage):
     kind: ClassVar[str] = "command"
@@ -33,6 +35,8 @@ class CommandStage(Stage):
         else:
             argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
         env = {**os.environ, **(params.get("env") or {})}
+        if ctx.status_path is not None:  # a command may report progress: one line, rewritten
+            env[STATUS_ENV] = str(ctx.status_path)
         completed = subprocess.run(argv, cwd=ctx.work_dir, env=env, shell=bool(params.get("shell")),
                                    check=False)
         if completed.returncode != 0:

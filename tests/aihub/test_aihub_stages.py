@@ -318,6 +318,9 @@ def test_compile_infer_validate_on_a_named_device_then_fully_cached(
     assert job["url"] == f"{WEB_URL}/jobs/{job['job_id']}/"
     assert job["model"] == ["model.tflite"]
     assert (build_dir / COMPILE_TFLITE / "model.tflite").read_bytes().startswith(b"tflite")
+    # Each status change of the job is logged (and shown live) with its id, device and link.
+    log = (build_dir / "logs" / f"{COMPILE_TFLITE.replace('/', '__')}.log").read_text()
+    assert f"compile job {job['job_id']} on Samsung Galaxy S23: SUCCESS ({job['url']})" in log
     qnn_job = json.loads((build_dir / COMPILE_QNN / "job.json").read_text())
     assert qnn_job["model"] == ["model.bin"]
 

@@ -1,0 +1,72 @@
+"""While stages run: remote stages wait outside the -j budget, and a stage's status line
+(an AI Hub job's state and link) reaches the progress output. Real worker processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from buildsys.build import BuildOptions, run_build
+from buildsys.recipe.load import load_recipe
+from buildsys.stages.command import CommandStage
+from tests.conftest import Project
+
+PY = sys.executable
+# Writes when it started and ended: two such steps overlap only if they ran at the same time.
+WAITER = ("import json, time; t = time.time(); time.sleep(1.5); "
+          "open('{out}', 'w').write(json.dumps([t, time.time()]))")
+
+
+def _waiting_steps(project: Project, names: list[str]) -> Path:
+    steps = "".join(f"""\
+  {name}:
+    cmd: ["{PY}", "-c", "{WAITER.format(out=name + '.json')}"]
+    outs: [{name}.json]
+""" for name in names)
+    return project.write("recipe.yaml", f"recipe: waits\nsteps:\n{steps}")
+
+
+def _interval(project: Project, name: str) -> tuple[float, float]:
+    start, end = json.loads((project.root / f"build/steps/{name}/{name}.json").read_text())
+    return start, end
+
+
+def test_remote_stages_wait_together_beyond_jobs(project: Project,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = _waiting_steps(project, ["a", "b", "c"])
+    # Stand-ins for AI Hub jobs: the scheduler only asks the stage class whether it is remote.
+    monkeypatch.setattr(CommandStage, "remote", True)
+    options = BuildOptions(jobs=1, quiet=True, cache_dir=str(project.cache))
+    assert run_build(load_recipe(recipe), options) == 0
+    intervals = [_interval(project, n) for n in "abc"]
+    latest_start = max(start for start, _ in intervals)
+    earliest_end = min(end for _, end in intervals)
+    assert latest_start < earliest_end, f"remote stages ran one after another: {intervals}"
+
+
+def test_local_stages_keep_to_jobs(project: Project) -> None:
+    recipe = _waiting_steps(project, ["a", "b"])
+    options = BuildOptions(jobs=1, quiet=True, cache_dir=str(project.cache))
+    assert run_build(load_recipe(recipe), options) == 0
+    (a_start, a_end), (b_start, b_end) = _interval(project, "a"), _interval(project, "b")
+    assert a_end <= b_start or b_end <= a_start
+
+
+def test_a_running_stage_status_reaches_the_progress_output(project: Project) -> None:
+    status = ("import os, time; open(os.environ['MODELBUILD_STATUS'], 'w')"
+              ".write('job j123 on Galaxy S23: RUNNING https://example/jobs/j123'); "
+              "time.sleep(1.5); open('s.txt', 'w').write('done')")
+    project.write("recipe.yaml", f"""\
+recipe: status
+steps:
+  slow:
+    cmd: ["{PY}", "-c", "{status}"]
+    outs: [s.txt]
+""")
+    stderr = project.build()["process"].stderr
+    assert "steps/slow: job j123 on Galaxy S23: RUNNING https://example/jobs/j123" in stderr
+    # Not an output: the status file never reaches the build directory or the store's record.
+    assert sorted(p.name for p in (project.root / "build/steps/slow").iterdir()) == ["s.txt"]
