@@ -59,6 +59,7 @@ __all__ = [
     "DeviceInfo",
     "JobOutcome",
     "ModelDir",
+    "check_reachable",
     "check_token",
     "summarize_profile",
     "validate_aimet_dir",
@@ -230,6 +231,7 @@ class _HubConfig:
     path: Path
     token: str = field(repr=False)
     web_url: str
+    api_url: str = ""
 
 
 def _config_path() -> Path:
@@ -274,13 +276,15 @@ def _load_config() -> _HubConfig:
     try:
         token = section["api_token"]
         web_url = section["web_url"]
+        api_url = section["api_url"]
     except (configparser.Error, ValueError):
         raise _TokenError(
             _token_message(f"qai_hub cannot read the [api] values in {path} (a stray '%'?)")
         ) from None
     if not token.strip():
         raise _TokenError(_token_message(f"the api_token in {path} is empty"))
-    return _HubConfig(path=path, token=token.strip(), web_url=web_url.strip() or _DEFAULT_WEB_URL)
+    return _HubConfig(path=path, token=token.strip(), web_url=web_url.strip() or _DEFAULT_WEB_URL,
+                      api_url=api_url.strip())
 
 
 def check_token(hub: Any = None) -> None:
@@ -291,6 +295,15 @@ def check_token(hub: Any = None) -> None:
     """
     del hub
     _load_config()
+
+
+def check_reachable() -> None:
+    """Raise ``StageError`` at once if AI Hub's host does not resolve (no network, no proxy)."""
+    from buildsys.backends.aihub_network import unreachable_reason
+
+    reason = unreachable_reason(_load_config().api_url)
+    if reason:
+        raise StageError(reason)
 
 
 # =====================================================================================
@@ -366,6 +379,14 @@ def _classify(exc: BaseException) -> _Kind:
     if isinstance(exc, errors.error):
         return "user"
     return "other"
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
+        return True
+    return isinstance(exc, _hub_errors().internal) and "could not connect" in str(exc).lower()
 
 
 _BOX_CHARS = set("┌┐└┘─│| ")
@@ -711,6 +732,7 @@ class AIHubClient:
         self.rate_limit_min_s = rate_limit_min_s
         self.poll_interval_s = poll_interval_s
         self.__config: _HubConfig | None = None
+        self._network_checked = False
 
     def __repr__(self) -> str:
         return f"AIHubClient(hub={type(self._hub).__name__}, max_attempts={self.max_attempts})"
@@ -750,6 +772,11 @@ class AIHubClient:
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call qai_hub with bounded retries on transient errors; hub errors -> StageError."""
+        if not self._network_checked:  # once per client: seconds, not minutes, when offline
+            self._network_checked = True
+            unreachable = self._unreachable()
+            if unreachable:
+                raise StageError(f"AI Hub {what} failed: {unreachable}")
         attempt = 0
         while True:
             attempt += 1
@@ -769,6 +796,9 @@ class AIHubClient:
                     raise _TokenError(_token_message(reason)) from None
                 if kind == "user":
                     raise _HubRejected(f"AI Hub rejected {what}: {detail}") from None
+                unreachable = self._unreachable() if _is_connect_failure(exc) else None
+                if unreachable:  # no network at all: retrying cannot help
+                    raise StageError(f"AI Hub {what} failed: {unreachable}") from None
                 if attempt >= self.max_attempts:
                     raise StageError(
                         f"AI Hub {what} failed after {attempt} attempts "
@@ -793,6 +823,16 @@ class AIHubClient:
                 out = captured.getvalue().strip()
                 if out:
                     log.debug("qai_hub output during %s: %s", what, self._redact(_plain(out)))
+
+    def _unreachable(self) -> str | None:
+        """Why AI Hub is unreachable, if it plainly is (its host does not resolve)."""
+        from buildsys.backends.aihub_network import unreachable_reason
+
+        try:
+            config = self._config()
+        except StageError:
+            return None
+        return unreachable_reason(config.api_url)
 
     def _job_url(self, job: Any, job_id: str) -> str:
         url = None

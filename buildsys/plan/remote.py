@@ -4,9 +4,10 @@ Two different answers, because they mean different things to the user:
 
 * AI Hub switched off (`--offline`, `MODELBUILD_AIHUB=off`): the remote stages are *skipped*
   on purpose; the rest of the build succeeds.
-* No API token configured: the remote stages *fail* at plan time with the message that says how
-  to configure one (the build exits 1), without running and without touching the network;
-  local stages still build with `--keep-going`.
+* No API token configured, or AI Hub's host does not resolve (no network): the remote stages
+  *fail* at plan time with the message that says how to fix it (the build exits 1), without
+  running; local stages still build with `--keep-going`. The only network access is one name
+  lookup.
 
 Either way a remote stage whose result is already in the store stays cached (the planner checks
 that first): no network or token is needed to reuse a result.
@@ -29,15 +30,17 @@ def remote_stage_ids(graph: nx.DiGraph) -> list[str]:
     return [s for s in graph.nodes if graph.nodes[s]["node"].kind.startswith("aihub_")]
 
 
-def token_problem() -> str | None:
-    """Why AI Hub cannot be used from here (no network access), or None if a token is set.
+def aihub_problem() -> str | None:
+    """Why AI Hub cannot be used from here: no API token, or its host does not resolve (no
+    network). None when it may be used. Takes a fraction of a second.
 
     The message never contains the token (the backend never quotes the configuration file)."""
-    from buildsys.backends.aihub import check_token
+    from buildsys.backends.aihub import check_reachable, check_token
     from buildsys.errors import StageError
 
     try:
         check_token()
+        check_reachable()
     except StageError as exc:
         return str(exc)
     return None
@@ -52,5 +55,5 @@ def blocked_remote_stages(recipe: Recipe, graph: nx.DiGraph, offline: bool) -> d
     if offline or os.environ.get(AIHUB_ENV, "").strip().lower() in OFF_VALUES:
         reason = f"AI Hub is off (--offline or {AIHUB_ENV}=off)"
         return dict.fromkeys(remote, reason)
-    problem = token_problem()
+    problem = aihub_problem()
     return dict.fromkeys(remote, PlanFailure(problem)) if problem else {}

@@ -29,6 +29,9 @@ from buildsys.recipe.load import load_recipe
 
 FAKE_TOKEN = "tokE3b1c9d8a7f6e5d4c3b2a1908f7e6d5SECRETXYZ"
 WEB_URL = "https://workbench.aihub.qualcomm.com"
+# The service is faked at the qai_hub module; its API host only has to resolve (it is looked up
+# to tell "offline" from a transient failure), and localhost does on any machine.
+API_URL = "https://localhost"
 CONFIGURE_HINT = "qai-hub configure --api_token"
 # The random dataset is fine here: the fake device runs the same model the reference does.
 pytestmark = pytest.mark.filterwarnings("ignore:random dataset:UserWarning")
@@ -253,7 +256,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def token(isolated: Path, tmp_path: Path) -> str:
     config = tmp_path / "home" / ".qai_hub" / "client.ini"
     config.parent.mkdir(parents=True)
-    config.write_text(f"[api]\napi_token = {FAKE_TOKEN}\napi_url = {WEB_URL}\n"
+    config.write_text(f"[api]\napi_token = {FAKE_TOKEN}\napi_url = {API_URL}\n"
                       f"web_url = {WEB_URL}\n")
     return FAKE_TOKEN
 
@@ -542,6 +545,24 @@ def test_plan_shows_the_token_problem(isolated: Path, fake: FakeHub) -> None:
     assert summary.endswith(f", {plan.count('failed')} cannot run") and plan.count("failed") >= 2
     assert plan.stages[INFER_QNN].status == "skipped"
     assert plan.stages["tiny/export"].status == "run"
+
+
+def test_offline_machine_fails_ai_hub_stages_at_plan_time(
+        token: str, fake: FakeHub, isolated: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    config = tmp_path / "home" / ".qai_hub" / "client.ini"
+    config.write_text(config.read_text().replace(API_URL, "https://aihub.invalid"))
+    code, stages = build(isolated, W8A8_BOTH, keep_going=True)
+    assert code == 1
+    for stage in (COMPILE_TFLITE, COMPILE_QNN):
+        assert stages[stage]["status"] == "failed"
+        assert "aihub.invalid does not resolve" in stages[stage]["error"]
+        assert "--offline" in stages[stage]["error"]
+    assert "tiny/w8a8/quantize" in of_status(stages, "built")
+    assert fake.hub.method_calls == []  # one name lookup, no call, no retry, no wait
+    assert fake.sleeps == []  # type: ignore[attr-defined]
 
 
 def test_results_in_the_store_need_no_token(

@@ -53,6 +53,9 @@ from buildsys.errors import StageError
 
 FAKE_TOKEN = "tok9f8e7d6c5b4a39281706f5e4d3c2b1a0SECRET"
 WEB_URL = "https://workbench.aihub.qualcomm.com"
+# The service is faked at the qai_hub module; its API host only has to resolve (it is looked up
+# to tell "offline" from a transient failure), and localhost does on any machine.
+API_URL = "https://localhost"
 CONFIGURE_HINT = "qai-hub configure --api_token <your token>"
 
 S23_ATTRS = [
@@ -91,7 +94,7 @@ def write_config(path: Path, body: str | None = None) -> Path:
         body = (
             "[api]\n"
             f"api_token = {FAKE_TOKEN}\n"
-            "api_url = https://workbench.aihub.qualcomm.com\n"
+            f"api_url = {API_URL}\n"
             f"web_url = {WEB_URL}\n"
             "verbose = True\n"
         )
@@ -674,6 +677,45 @@ def test_retries_are_bounded_then_stage_error(
     assert hub.get_devices.call_count == 5
     assert sleeps == [2.0, 4.0, 8.0, 16.0]
     assert len([r for r in caplog.records if "retry" in r.getMessage()]) == 4
+
+
+OFFLINE_API_URL = "https://aihub.invalid"  # RFC 2606: a name that never resolves
+
+
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_network_fails_at_once_not_after_minutes_of_retries(
+    home: Path, hub: Any, sleeps: Sleeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy(monkeypatch)
+    write_config(home / ".qai_hub" / "client.ini", "[api]\n"
+                 f"api_token = {FAKE_TOKEN}\napi_url = {OFFLINE_API_URL}\nweb_url = {WEB_URL}\n")
+    with pytest.raises(StageError) as err:
+        AIHubClient(hub, sleep=sleeps).resolve_device("Samsung Galaxy S23")
+    message = str(err.value)
+    assert "aihub.invalid does not resolve" in message and "--offline" in message
+    assert FAKE_TOKEN not in message
+    assert hub.get_devices.call_count == 0 and sleeps == []  # not one call, not one wait
+
+
+def test_a_network_lost_mid_build_stops_the_retries(
+    home: Path, hub: Any, sleeps: Sleeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(home / ".qai_hub" / "client.ini", "[api]\n"
+                 f"api_token = {FAKE_TOKEN}\napi_url = {OFFLINE_API_URL}\nweb_url = {WEB_URL}\n")
+    # Through a proxy the name is the proxy's to resolve: no verdict of ours, the call goes out.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    client = AIHubClient(hub, sleep=sleeps)
+    assert client.resolve_device("Samsung Galaxy S23").name == "Samsung Galaxy S23"
+    # Then the proxy is gone and the host does not resolve: a failed connection is not retried.
+    _no_proxy(monkeypatch)
+    hub.get_devices.side_effect = requests.exceptions.ConnectionError("Name or service not known")
+    with pytest.raises(StageError, match=r"aihub\.invalid does not resolve"):
+        client.resolve_device("Samsung Galaxy S24")
+    assert sleeps == []
 
 
 def test_user_errors_are_not_retried(
