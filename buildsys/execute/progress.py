@@ -80,9 +80,11 @@ class LiveProgress(PlainProgress):
         table = Table.grid(padding=(0, 1))
         now = time.monotonic()
         for stage_id, started in sorted(self.running.items()):
-            table.add_row("[cyan]⠿[/]", stage_id, f"[dim]{now - started:5.0f} s[/]",
+            # Text cells, not markup: a line printed with markup off redraws this table too.
+            table.add_row(Text("⠿", style="cyan"), Text(stage_id),
+                          Text(f"{now - started:5.0f} s", style="dim"),
                           Text(self.notes.get(stage_id, ""), style="dim"))
-        table.add_row("", f"[dim]{self.done}/{self.total} stages settled[/]", "", "")
+        table.add_row("", Text(f"{self.done}/{self.total} stages settled", style="dim"), "", "")
         return table
 
     def _write(self, line: str) -> None:

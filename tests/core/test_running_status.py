@@ -70,3 +70,48 @@ steps:
     assert "steps/slow: job j123 on Galaxy S23: RUNNING https://example/jobs/j123" in stderr
     # Not an output: the status file never reaches the build directory or the store's record.
     assert sorted(p.name for p in (project.root / "build/steps/slow").iterdir()) == ["s.txt"]
+
+
+def _run_on_a_terminal(project: Project, *args: str) -> str:
+    """Run modelbuild with a pseudo-terminal as stderr (the live display) and return what it
+    drew, escape sequences and all."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.conftest import REPO
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160", "TERM": "xterm"}
+    proc = subprocess.Popen([PY, "-m", "buildsys", *args], cwd=project.root, env=env,
+                            stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed, the build has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_the_live_display_shows_the_status_on_the_stage_row(project: Project) -> None:
+    status = ("import os, time; [(open(os.environ['MODELBUILD_STATUS'], 'w')"
+              ".write(f'step {i} of 3 [see log]'), time.sleep(0.7)) for i in range(3)]; "
+              "open('s.txt', 'w').write('done')")
+    project.write("recipe.yaml", f"""\
+recipe: live
+steps:
+  slow:
+    cmd: ["{PY}", "-c", "{status}"]
+    outs: [s.txt]
+""")
+    drawn = _run_on_a_terminal(project, "recipe.yaml", "-v")
+    assert "step 2 of 3 [see log]" in drawn  # shown verbatim, brackets and all
+    assert "[cyan]" not in drawn and "[dim]" not in drawn  # never markup drawn as text
+    assert "built" in drawn and "steps/slow" in drawn
