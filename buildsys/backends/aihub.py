@@ -129,6 +129,7 @@ _KIND_TEXT: dict[str, str] = {
 _ALLOWED_KINDS: dict[str, tuple[str, ...]] = {
     "compile": ("pt2", "onnx", "onnx_dir", "aimet_onnx"),
     "quantize": ("onnx", "onnx_dir"),
+    "link": ("qnn_dlc",),
     "inference": (
         "onnx",
         "onnx_dir",
@@ -994,6 +995,11 @@ class AIHubClient:
                 raise StageError(
                     f"job {checked} produced a {model_type} model; quantize jobs need ONNX"
                 )
+            if purpose == "link" and model_type != "QNN_DLC":
+                raise StageError(
+                    f"job {checked} produced a {model_type} model; link jobs take QNN DLC "
+                    "models: compile with target runtime qnn_dlc"
+                )
             if purpose == "inference" and model_type in _NEEDS_COMPILATION:
                 raise StageError(
                     f"job {checked} produced a {model_type} model, which must be compiled "
@@ -1065,6 +1071,31 @@ class AIHubClient:
             options=shlex.join(["--target_runtime", target_runtime, *extra]),
             calibration_data=dataset,
             retry=False,
+        )
+        return self._job_id(job)
+
+    def submit_link(
+        self,
+        models: Sequence[str | os.PathLike[str]],
+        device: DeviceInfo | str,
+        name: str | None = None,
+        options: str = "",
+    ) -> str:
+        """Submit a link job: one or more QNN DLC models (files or compile job ids) into one
+        QNN context binary for ``device`` (graphs share their weights); returns its id."""
+        if not models:
+            raise StageError("a link job needs at least one QNN DLC model")
+        checked = [self._check_model(m, "link") for m in models]
+        self._config()
+        hub_device = self._device(device)
+        hub_models = [self._hub_model(c, "link") for c in checked]
+        job = self._call(
+            "submitting a link job",
+            self.hub.submit_link_job,
+            models=hub_models,
+            device=hub_device,
+            name=name,
+            options=options.strip(),
         )
         return self._job_id(job)
 

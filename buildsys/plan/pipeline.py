@@ -183,11 +183,20 @@ class PipelineBuilder:
     def aihub_compile(self, v: Variant, target: dict[str, Any], device: dict[str, Any],
                       labels: dict[str, str]) -> str:
         model_ref = self.quantized(v.model, v.quantization)
-        params = {"runtime": target["runtime"], "device": _aihub_device(device),
-                  "options": target.get("options", ""), "io": self.io_spec(v.model)}
-        return self.add(StageNode(f"{v.model}/{v.quantization}/{v.target}@{v.device}/compile",
-                                  "aihub_compile", params, {"model": model_ref},
-                                  labels=labels))
+        link = bool(target.get("link"))  # compile to a DLC, then link it into a context binary
+        params = {"runtime": "qnn_dlc" if link else target["runtime"],
+                  "device": _aihub_device(device), "options": target.get("options", ""),
+                  "io": self.io_spec(v.model)}
+        base = f"{v.model}/{v.quantization}/{v.target}@{v.device}"
+        compile_id = self.add(StageNode(f"{base}/compile", "aihub_compile", params,
+                                        {"model": model_ref}, labels=labels))
+        if not link:
+            return compile_id
+        return self.add(StageNode(f"{base}/link", "aihub_link",
+                                  {"device": _aihub_device(device),
+                                   "options": target.get("link_options", "")},
+                                  {"compiled": OutputRef(compile_id, "job.json")},
+                                  outputs=("job.json", "model.bin"), labels=labels))
 
     # --- per device -------------------------------------------------------------------------
     def variant(self, v: Variant) -> str | None:

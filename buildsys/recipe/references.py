@@ -32,6 +32,7 @@ def reference_problems(doc: YamlDocument, project_dir: Path) -> list[str]:
     checker = _Checker(doc, project_dir)
     checker.check_builds(data)
     checker.check_datasets_referenced(data)
+    checker.check_targets(data)
     checker.check_devices(data)
     checker.check_files(data)
     checker.check_steps(data)
@@ -148,6 +149,16 @@ class _Checker:
         elif samples is not None and available is not None and samples > available:
             self.report(path, f"asks for {samples} {split} samples but dataset {name!r} "
                               f"has {available} in its {split} split")
+
+    def check_targets(self, data: dict[str, Any]) -> None:
+        for name, target in (data.get("targets") or {}).items():
+            if target.get("link") and target["runtime"] != "qnn_context_binary":
+                self.report(("targets", name, "link"),
+                            f"link makes a QNN context binary from a DLC: it needs runtime "
+                            f"qnn_context_binary, not {target['runtime']}")
+            if "link_options" in target and not target.get("link"):
+                self.report(("targets", name, "link_options"),
+                            "link_options without link: true has no effect")
 
     def check_devices(self, data: dict[str, Any]) -> None:
         for name, device in (data.get("devices") or {}).items():

@@ -23,6 +23,7 @@ STAGE_CLASSES = {
     "release": "buildsys.stages.release:ReleaseIndexStage",
     "aihub_compile": "buildsys.stages.aihub:AIHubCompileStage",
     "aihub_quantize": "buildsys.stages.aihub:AIHubQuantizeStage",
+    "aihub_link": "buildsys.stages.aihub:AIHubLinkStage",
     "aihub_infer": "buildsys.stages.aihub:AIHubInferStage",
 }
 

@@ -1,4 +1,5 @@
-"""Stages that run on real devices through Qualcomm AI Hub: compile, quantize, infer (+ profile).
+"""Stages that run on real devices through Qualcomm AI Hub: compile, quantize, link, infer
+(+ profile).
 
 Each stage submits one AI Hub job through `buildsys.backends.aihub.AIHubClient`, records the job
 id under its stage key the moment it is submitted (`ctx.remember("job", id)`), waits for it and
@@ -9,14 +10,17 @@ Interrupted builds resume: a re-run with the same stage key finds the job id (`c
 waits for that same job instead of submitting a new one. A job that FAILED fails the stage with
 AI Hub's message and the job's link, and is forgotten, so the next build submits a fresh job.
 
-Concurrency: every AI Hub stage is one executor worker that submits and then waits; with
-`-j N`, up to N independent jobs (e.g. the compile jobs of every variant) are in flight on AI
-Hub at once. Dependent jobs (compile → inference) are necessarily one after the other.
+Concurrency: every AI Hub stage is one executor worker that submits and then waits. They are
+remote stages, outside the local `-j` budget: every independent job of a build (e.g. the compile
+jobs of every variant) is in flight on AI Hub at once. Dependent jobs (compile → link →
+inference) are necessarily one after the other.
 
 Outputs
   aihub_compile   job.json ({job_id, url, device, runtime, model}) + the compiled model
                   (model.tflite, model.bin, model.dlc, model.onnx, or a model/ directory)
   aihub_quantize  model.onnx (QDQ ONNX)
+  aihub_link      job.json (as aihub_compile's) + model.bin: a QNN DLC compile linked into a
+                  context binary on the device
   aihub_infer     outputs.npz (same samples format as `infer`) + infer.json (the profile
                   summary, as Qualcomm's export scripts print it, and "where")
 
@@ -251,6 +255,42 @@ class AIHubCompileStage(AIHubStage):
         write_json(ctx.output("job.json"), summary)
         ctx.log(f"compiled for {device.name} ({runtime}): {', '.join(files)}")
         return {"job_id": job_id, "url": url, "device": device.name, "runtime": runtime,
+                "where": f"{device.name} (AI Hub)"}
+
+
+class AIHubLinkStage(AIHubStage):
+    """A compile job's QNN DLC linked into a QNN context binary by an AI Hub link job: the
+    target `link: true` path. Downstream stages see a job.json like a compile's."""
+
+    kind: ClassVar[str] = "aihub_link"
+    version: ClassVar[str] = "1"
+
+    def _run(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.aihub import DeviceInfo
+
+        compiled = read_json(ctx.input("compiled"))
+        client = new_client()
+        client.check_token()
+        # The device the DLC was compiled for (the same recipe device): no second lookup.
+        device = DeviceInfo(name=compiled["device"]["name"], os=compiled["device"]["os"],
+                            chipset=compiled["device"].get("chipset", ""))
+        options = ctx.params.get("options") or ""
+
+        def submit() -> str:
+            return client.submit_link([compiled["job_id"]], device, name=_job_name(ctx),
+                                      options=options)
+
+        job_id, url = run_job(ctx, client, "link", submit, device.name)
+        produced = client.download_compiled(job_id, ctx.work_dir / "download", stem="model")
+        files = _place_outputs(produced, ctx.out_dir)
+        write_json(ctx.output("job.json"), {
+            "job_id": job_id, "url": url, "runtime": "qnn_context_binary",
+            "device": compiled["device"], "model": files, "options": options,
+            "linked": [compiled["job_id"]]})
+        ctx.log(f"linked compile job {compiled['job_id']} into a context binary for "
+                f"{device.name}: {', '.join(files)}")
+        return {"job_id": job_id, "url": url, "device": device.name,
+                "runtime": "qnn_context_binary", "linked": [compiled["job_id"]],
                 "where": f"{device.name} (AI Hub)"}
 
 

@@ -72,6 +72,10 @@ def recipe_text(builds: str, extra_devices: str = "") -> str:
           tflite: {{runtime: tflite}}
           qnn: {{runtime: qnn_context_binary, options: "--compute_unit npu"}}
           dlc: {{runtime: qnn_dlc}}
+          linked:
+            runtime: qnn_context_binary
+            link: true
+            link_options: "--qnn_options default_graph_htp_optimization_value=3"
         devices:
           s23: {{backend: aihub, name: "Samsung Galaxy S23"}}
           gen3: {{backend: aihub, attributes: [chipset:qualcomm-snapdragon-8gen3, os:android]}}
@@ -124,6 +128,7 @@ class FakeHub:
         hub.submit_compile_job.side_effect = self.submit_compile
         hub.submit_quantize_job.side_effect = self.submit_quantize
         hub.submit_inference_job.side_effect = self.submit_inference
+        hub.submit_link_job.side_effect = self.submit_link
 
     # service calls
     @staticmethod
@@ -188,6 +193,23 @@ class FakeHub:
         job.download_target_model.side_effect = download
         return job
 
+    def submit_link(self, models: Any, device: Any, name: str | None = None,
+                    options: str = "", project: Any = None) -> Any:
+        job = self._job(qai_hub.LinkJob, "link")
+        assert all(m.model_type == qai_hub.SourceModelType.QNN_DLC for m in models)
+        target = mock.create_autospec(qai_hub.Model, instance=True)
+        target.model_type = qai_hub.SourceModelType.QNN_CONTEXT_BINARY
+        self.models[id(target)] = self.models[id(models[0])]  # runs like the model it links
+        job.get_target_model.return_value = target
+
+        def download(filename: str) -> str:
+            path = Path(filename) / f"{job.job_id}_linked.bin"
+            path.write_bytes(b"linked context binary")
+            return str(path)
+
+        job.download_target_model.side_effect = download
+        return job
+
     def submit_quantize(self, model: Any, calibration_data: Any, weights_dtype: Any = None,
                         activations_dtype: Any = None, name: str | None = None,
                         options: str = "", project: Any = None) -> Any:
@@ -225,6 +247,7 @@ class FakeHub:
     def submits(self) -> int:
         return sum(m.call_count for m in (self.hub.submit_compile_job,
                                           self.hub.submit_quantize_job,
+                                          self.hub.submit_link_job,
                                           self.hub.submit_inference_job))
 
 
@@ -391,6 +414,36 @@ def test_quantize_job_and_dlc_and_device_by_attributes(
     fake.hub.get_devices.assert_any_call(
         attributes=["chipset:qualcomm-snapdragon-8gen3", "os:android"])
     assert stages["tiny/hub8/dlc/gen3/validate"]["status"] == "built"
+
+
+def test_link_target_compiles_a_dlc_then_links_it_into_a_context_binary(
+        token: str, fake: FakeHub, isolated: Path) -> None:
+    builds = "- {model: tiny, quantization: w8a8, target: linked, device: s23}"
+    code, stages = build(isolated, builds)
+    assert code == 0, {s: v.get("error") for s, v in stages.items()}
+    compile_call = fake.hub.submit_compile_job.call_args
+    assert compile_call.kwargs["options"].startswith("--target_runtime qnn_dlc")
+    link_call = fake.hub.submit_link_job.call_args
+    compile_job = json.loads(
+        (isolated / "build/tiny/w8a8/linked@s23/compile/job.json").read_text())
+    compiled_model = fake.jobs[compile_job["job_id"]].get_target_model.return_value
+    assert link_call.kwargs["models"] == [compiled_model]
+    assert link_call.kwargs["device"] == qai_hub.Device("Samsung Galaxy S23", "14")
+    assert link_call.kwargs["options"] == "--qnn_options default_graph_htp_optimization_value=3"
+    link_dir = isolated / "build/tiny/w8a8/linked@s23/link"
+    link_job = json.loads((link_dir / "job.json").read_text())
+    assert link_job["runtime"] == "qnn_context_binary"
+    assert link_job["linked"] == [compile_job["job_id"]]
+    assert (link_dir / "model.bin").read_bytes() == b"linked context binary"
+    # Inference runs the linked context binary, and validates like any other.
+    linked_model = fake.jobs[link_job["job_id"]].get_target_model.return_value
+    assert fake.hub.submit_inference_job.call_args.kwargs["model"] is linked_model
+    assert stages["tiny/w8a8/linked/s23/validate"]["status"] == "built"
+    # Second build: all cached, nothing submitted.
+    fake.hub.reset_mock()
+    code, stages = build(isolated, builds)
+    assert code == 0 and fake.submits() == 0
+    assert of_status(stages, "cached") == set(stages)
 
 
 @pytest.mark.parametrize(("device", "expected"), [

@@ -545,6 +545,40 @@ def test_submit_inference_on_a_compile_job(client: AIHubClient, hub: Any) -> Non
     hub.submit_profile_job.assert_not_called()
 
 
+def test_submit_link_of_a_dlc_compile_job_and_a_dlc_file(
+    client: AIHubClient, hub: Any, tmp_path: Path
+) -> None:
+    dlc_job = make_job(qai_hub.CompileJob, "jcomp0011")
+    dlc = mock.create_autospec(qai_hub.Model, instance=True)
+    dlc.model_type = qai_hub.SourceModelType.QNN_DLC
+    dlc_job.get_target_model.return_value = dlc
+    tflite_job = make_job(qai_hub.CompileJob, "jcomp0012")
+    tflite = mock.create_autospec(qai_hub.Model, instance=True)
+    tflite.model_type = qai_hub.SourceModelType.TFLITE
+    tflite_job.get_target_model.return_value = tflite
+    register_jobs(hub, dlc_job, tflite_job)
+    hub.submit_link_job.return_value = make_job(qai_hub.LinkJob, "jlink0001")
+    local_dlc = tmp_path / "second.dlc"
+    local_dlc.write_bytes(b"dlc bytes")
+
+    job_id = client.submit_link(["jcomp0011", local_dlc], "Samsung Galaxy S23", name="both",
+                                options=" --qnn_options x=1 ")
+
+    assert job_id == "jlink0001"
+    hub.upload_model.assert_called_once_with(str(local_dlc), name="second.dlc")
+    hub.submit_link_job.assert_called_once_with(
+        models=[dlc, hub.upload_model.return_value],
+        device=hub.Device.return_value,
+        name="both",
+        options="--qnn_options x=1",
+    )
+    with pytest.raises(StageError, match="link jobs take QNN DLC models"):
+        client.submit_link(["jcomp0012"], "Samsung Galaxy S23")
+    with pytest.raises(StageError, match="link jobs cannot take"):
+        client.submit_link([tiny_onnx(tmp_path / "net.onnx")], "Samsung Galaxy S23")
+    assert hub.submit_link_job.call_count == 1
+
+
 def test_submit_inference_profile_without_inputs(
     client: AIHubClient, hub: Any, tmp_path: Path
 ) -> None:

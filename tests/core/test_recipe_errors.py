@@ -135,3 +135,26 @@ def test_validate_command_exit_codes(project: Project) -> None:
     assert bad.returncode == 2
     assert "bad.yaml:4:5" in bad.stderr and "cmdd" in bad.stderr
     assert not (project.root / ".cache").exists()  # nothing written
+
+
+def test_link_needs_a_context_binary_target(project: Project) -> None:
+    text = """\
+    recipe: demo
+    models:
+      net:
+        source: {python: "buildsys.zoo.tiny:tiny_convnet"}
+        inputs: {image: {shape: [1, 3, 8, 8]}}
+    targets:
+      tfl: {runtime: tflite, link: true}
+      qnn: {runtime: qnn_context_binary, link_options: "--x"}
+    devices:
+      s23: {backend: aihub, name: "Samsung Galaxy S23"}
+    builds:
+      - {model: net, quantization: float, target: [tfl, qnn], device: s23}
+    """
+    problems = problems_of(project, text)
+    joined = "\n".join(problems)
+    assert len(problems) == 2, joined
+    assert "recipe.yaml:7:" in joined and "targets.tfl.link" in joined
+    assert "needs runtime qnn_context_binary, not tflite" in joined
+    assert "targets.qnn.link_options: link_options without link: true" in joined
