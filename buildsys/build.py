@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildsys.errors import ModelbuildError, RecipeError, StageError
-from buildsys.execute.report import report_dict, summary_line, write_report
+from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
 from buildsys.plan.planner import Plan, make_plan
@@ -97,6 +97,10 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         if not options.quiet:
+            kinds = {s: plan.stages[s].node.kind for s in outcomes}
+            on_devices = device_summary(outcomes, kinds)
+            if on_devices:
+                print(on_devices, file=sys.stderr)
             print(summary_line(outcomes, wall), file=sys.stderr)
         return 0 if report["ok"] and not errors else 1
     finally:

@@ -51,3 +51,41 @@ def summary_line(outcomes: dict[str, Outcome], wall_s: float) -> str:
         counts[o.status] += 1
     return (f"{counts['built']} built, {counts['cached']} cached, {counts['failed']} failed, "
             f"{counts['skipped']} skipped in {wall_s:.1f} s")
+
+
+def device_summary(outcomes: dict[str, Outcome], kinds: dict[str, str]) -> str:
+    """What Qualcomm's export scripts print per variant, for every AI Hub inference of this
+    build (run now or cached): device, runtime, estimated inference time, peak memory range,
+    ops per compute unit, and the PSNR its validation measured. Empty if there were none."""
+    rows = []
+    for stage_id in sorted(outcomes):
+        outcome = outcomes[stage_id]
+        if kinds.get(stage_id) != "aihub_infer" or not outcome.ok or not outcome.metrics:
+            continue
+        m = outcome.metrics
+        peak = m.get("peak_memory_range_mb")
+        units = m.get("compute_unit_ops") or {}
+        variant = stage_id.rsplit("/", 1)[0]
+        validation = outcomes.get(f"{variant}/validate")
+        psnr = _lowest_psnr(validation.metrics if validation else {})
+        rows.append((variant, m.get("device", "?"), m.get("runtime", "?"),
+                     f"{m.get('estimated_inference_time_ms', '?')} ms",
+                     f"{peak[0]}-{peak[1]} MB" if peak else "?",
+                     "/".join(str(units.get(u, 0)) for u in ("NPU", "GPU", "CPU")),
+                     f"{psnr:.1f} dB" if psnr is not None else "-", m.get("url", "")))
+    if not rows:
+        return ""
+    header = ("variant", "device", "runtime", "inference", "peak memory", "NPU/GPU/CPU ops",
+              "PSNR", "job")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = ["AI Hub on-device results (profiled on real devices by AI Hub):"]
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=False)]
+        lines.append("  " + "  ".join([*cells, str(row[-1])]).rstrip())
+    return "\n".join(lines)
+
+
+def _lowest_psnr(validation: dict[str, Any]) -> float | None:
+    figures = [o.get("psnr_db") for o in (validation.get("outputs") or {}).values()]
+    figures = [f for f in figures if isinstance(f, int | float)]
+    return min(figures) if figures else None

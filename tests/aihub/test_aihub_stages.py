@@ -446,6 +446,25 @@ def test_link_target_compiles_a_dlc_then_links_it_into_a_context_binary(
     assert of_status(stages, "cached") == set(stages)
 
 
+def test_build_ends_with_the_on_device_summary_per_variant(
+        token: str, fake: FakeHub, isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe_path = isolated / "recipe.yaml"
+    recipe_path.write_text(recipe_text(W8A8_BOTH))
+    for _ in range(2):  # built, then cached: the summary is there both times
+        assert run_build(load_recipe(recipe_path), BuildOptions(inline=True, jobs=1)) == 0
+        err = capsys.readouterr().err
+        assert "AI Hub on-device results" in err
+        rows = [line for line in err.splitlines() if line.startswith("  tiny/w8a8/")]
+        assert len(rows) == 2, err
+        tflite = next(r for r in rows if r.startswith("  tiny/w8a8/tflite/s23"))
+        psnr = json.loads((isolated / "build/tiny/w8a8/tflite/s23/validate/validation.json")
+                          .read_text())["outputs"]["logits"]["psnr_db"]
+        for shown in ("Samsung Galaxy S23", "tflite", "0.812 ms", "1-3 MB", "3/0/1",
+                      f"{psnr:.1f} dB", f"{WEB_URL}/jobs/"):
+            assert shown in tflite, (shown, tflite)
+    assert fake.submits() == 4  # two compiles and two inferences, once
+
+
 @pytest.mark.parametrize(("device", "expected"), [
     ("s23-ish", ["matches 2 devices: Samsung Galaxy S23; Samsung Galaxy S23 Ultra"]),
     ("s32", ["no AI Hub device is named 'Samsung Galaxy S32'; close matches:",
