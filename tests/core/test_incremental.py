@@ -213,11 +213,13 @@ def test_two_concurrent_builds_share_one_store(project: Project) -> None:
     assert statuses(project.build(), "built") == set()
 
 
-def _like_a_terminal_child() -> None:
-    """SIGINT as a shell gives it to a foreground command: not ignored, not blocked (a test
-    runner launched in the background may pass either on to its children)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+# Starts the build with SIGINT as a shell gives it to a foreground command: not ignored, not
+# blocked (a test runner launched as a background job passes SIGINT on ignored). A wrapper that
+# resets it and execs, rather than a preexec_fn: forking a threaded test process to run Python
+# in the child can deadlock.
+LIKE_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(project: Project) -> None:
@@ -225,9 +227,8 @@ def test_ctrl_c_stops_cleanly_and_resumes(project: Project) -> None:
                             "__import__('time').sleep(30)")
     make(project, recipe)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([PY, "-m", "buildsys", "recipe.yaml", "-j", "2"], cwd=project.root,
-                            env=env, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_like_a_terminal_child)
+    proc = subprocess.Popen([PY, "-c", LIKE_A_TERMINAL, "-m", "buildsys", "recipe.yaml", "-j",
+                             "2"], cwd=project.root, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (project.root / "build/steps/report/r.txt").exists():
         assert time.monotonic() < deadline, "chain did not finish"
