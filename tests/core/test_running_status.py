@@ -77,7 +77,9 @@ def _run_on_a_terminal(project: Project, *args: str) -> str:
     drew, escape sequences and all."""
     import os
     import pty
+    import select
     import subprocess
+    import time
 
     from tests.conftest import REPO
 
@@ -87,7 +89,10 @@ def _run_on_a_terminal(project: Project, *args: str) -> str:
                             stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
     os.close(follower)
     chunks = []
-    while True:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([leader], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(leader, 65536)
         except OSError:  # EIO: the terminal's other end is closed, the build has ended
@@ -95,6 +100,8 @@ def _run_on_a_terminal(project: Project, *args: str) -> str:
         if not chunk:
             break
         chunks.append(chunk)
+    else:
+        proc.kill()
     os.close(leader)
     assert proc.wait(timeout=60) == 0, b"".join(chunks).decode(errors="replace")
     return b"".join(chunks).decode(errors="replace")
