@@ -272,8 +272,7 @@ class AIHubLinkStage(AIHubStage):
         client = new_client()
         client.check_token()
         # The device the DLC was compiled for (the same recipe device): no second lookup.
-        device = DeviceInfo(name=compiled["device"]["name"], os=compiled["device"]["os"],
-                            chipset=compiled["device"].get("chipset", ""))
+        device = DeviceInfo.from_dict(compiled["device"])
         options = ctx.params.get("options") or ""
 
         def submit() -> str:
@@ -387,8 +386,7 @@ class AIHubInferStage(AIHubStage):
         client = new_client()
         client.check_token()
         # The device the model was compiled for (the same recipe device): no second lookup.
-        device = DeviceInfo(name=compiled["device"]["name"], os=compiled["device"]["os"],
-                            chipset=compiled["device"].get("chipset", ""))
+        device = DeviceInfo.from_dict(compiled["device"])
 
         def submit() -> str:
             return client.submit_inference(compiled["job_id"], device, inputs, profile=True,
