@@ -55,17 +55,23 @@ def test_local_stages_keep_to_jobs(project: Project) -> None:
     assert a_end <= b_start or b_end <= a_start
 
 
-def test_a_running_stage_status_reaches_the_progress_output(project: Project) -> None:
-    status = ("import os, time; open(os.environ['MODELBUILD_STATUS'], 'w')"
-              ".write('job j123 on Galaxy S23: RUNNING https://example/jobs/j123'); "
-              "time.sleep(1.5); open('s.txt', 'w').write('done')")
+def _slow_step_reporting(project: Project, code: str) -> None:
+    """A recipe of one step, `slow`, running `code` (which reports through $MODELBUILD_STATUS
+    and writes s.txt)."""
     project.write("recipe.yaml", f"""\
 recipe: status
 steps:
   slow:
-    cmd: ["{PY}", "-c", "{status}"]
+    cmd: ["{PY}", "-c", "{code}"]
     outs: [s.txt]
 """)
+
+
+def test_a_running_stage_status_reaches_the_progress_output(project: Project) -> None:
+    status = ("import os, time; open(os.environ['MODELBUILD_STATUS'], 'w')"
+              ".write('job j123 on Galaxy S23: RUNNING https://example/jobs/j123'); "
+              "time.sleep(1.5); open('s.txt', 'w').write('done')")
+    _slow_step_reporting(project, status)
     stderr = project.build()["process"].stderr
     assert "steps/slow: job j123 on Galaxy S23: RUNNING https://example/jobs/j123" in stderr
     # Not an output: the status file never reaches the build directory or the store's record.
@@ -111,13 +117,7 @@ def test_the_live_display_shows_the_status_on_the_stage_row(project: Project) ->
     status = ("import os, time; [(open(os.environ['MODELBUILD_STATUS'], 'w')"
               ".write(f'step {i} of 3 [see log]'), time.sleep(0.7)) for i in range(3)]; "
               "open('s.txt', 'w').write('done')")
-    project.write("recipe.yaml", f"""\
-recipe: live
-steps:
-  slow:
-    cmd: ["{PY}", "-c", "{status}"]
-    outs: [s.txt]
-""")
+    _slow_step_reporting(project, status)
     drawn = _run_on_a_terminal(project, "recipe.yaml", "-v")
     assert "step 2 of 3 [see log]" in drawn  # shown verbatim, brackets and all
     assert "[cyan]" not in drawn and "[dim]" not in drawn  # never markup drawn as text
