@@ -15,6 +15,11 @@ def _fingerprint(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+def _without_ctime(fingerprint: list[int]) -> list[int]:
+    size, mtime_ns, _ctime_ns, inode = fingerprint
+    return [size, mtime_ns, inode]
+
+
 class StatCache:
     def __init__(self, index: Index) -> None:
         self.index = index
@@ -57,7 +62,7 @@ class StatCache:
         entry = self.index.get_stat(key)
         if isinstance(entry, dict) and entry.get("fingerprint") == _fingerprint(before):
             after = _fingerprint(os.stat(key))
-            if after[:2] + after[3:] == entry["fingerprint"][:2] + entry["fingerprint"][3:]:
+            if _without_ctime(after) == _without_ctime(entry["fingerprint"]):
                 self.index.set_stat(key, {**entry, "fingerprint": after})
 
     def changed(self, path: Path, expected: str) -> bool:
