@@ -99,7 +99,7 @@ class LiveProgress(PlainProgress):
     def note(self, stage_id: str, text: str) -> None:
         self.notes[stage_id] = text  # shown in the stage's live row
         if self.verbose:
-            self._write(f"      {stage_id}: {text}")
+            super().note(stage_id, text)
 
     def finished(self, outcome: Outcome) -> None:
         self.running.pop(outcome.stage_id, None)
