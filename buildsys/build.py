@@ -31,6 +31,7 @@ class BuildOptions:
     verbose: bool = False
     offline: bool = False
     inline: bool = False  # tests only: run stages in this process
+    run_under: list[str] = field(default_factory=list)  # a command that starts each worker
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
@@ -71,7 +72,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         jobs = options.jobs or len(os.sched_getaffinity(0))
         executor = Executor(plan, store, ExecuteOptions(
             build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
-            keep_going=options.keep_going, inline=options.inline), progress)
+            keep_going=options.keep_going, inline=options.inline,
+            run_under=options.run_under), progress)
         try:
             outcomes = executor.run()
         finally:

@@ -6,6 +6,8 @@ Only cheap modules are imported here: a no-op rebuild must not import torch or o
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also build the builds entries of this group (repeatable; "
                              "'all' for every group)")
     parser.add_argument("--offline", action="store_true", help="plan AI Hub stages as skipped")
+    parser.add_argument("--run-under", metavar="COMMAND", help="start every stage worker "
+                        "under this command, e.g. 'qemu-x86_64 -cpu Haswell' to build on "
+                        "another CPU model, or 'nice -n 10'")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -88,9 +93,12 @@ def _build(args: argparse.Namespace) -> int:
         patterns=args.patterns, force=args.force, jobs=args.jobs, keep_going=args.keep_going,
         check=args.check, report=args.report, cache_dir=args.cache_dir, quiet=args.quiet,
         verbose=args.verbose, offline=args.offline,
+        run_under=shlex.split(args.run_under) if args.run_under else [],
     )
     if args.jobs < 0:
         raise UsageError("--jobs must be ≥ 1")
+    if options.run_under and shutil.which(options.run_under[0]) is None:
+        raise UsageError(f"--run-under: {options.run_under[0]!r} is not an executable on PATH")
     if args.plan or args.explain:
         from buildsys.plan import render
 

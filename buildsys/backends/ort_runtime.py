@@ -171,12 +171,17 @@ def optimize_model(src: Path, dst: Path, level: str = "extended") -> None:
         raise StageError(f"onnxruntime did not write the optimised model {dst}")
 
 
-def convert_to_ort_format(src: Path, dst: Path, *, level: str = "all") -> None:
+def convert_to_ort_format(src: Path, dst: Path, *, level: str = "all",
+                          runtime_optimizations: bool = False) -> None:
     """Convert `src` to the ORT format (`.ort`, for ORT Mobile) at `dst`, canonical bytes.
 
     Same settings as `onnxruntime.tools.convert_onnx_models_to_ort` for a phone
-    (`--optimization_style Fixed --target_platform arm`): optimisation `level` (default "all")
-    without the NCHWc transformer, `session.qdqisint8allowed=1`. That tool's file layout
+    (`--target_platform arm`): optimisation `level` (default "all") without the NCHWc
+    transformer, `session.qdqisint8allowed=1`, and its optimisation style: "Fixed" bakes
+    every optimisation in; with `runtime_optimizations` ("Runtime", for QDQ models) only the
+    basic ones are applied and the QDQ fusions are saved for the device's ORT to apply when it
+    loads the model, for its own CPU. Baked-in QLinear* kernels would make the host's figures
+    depend on the build machine's CPU (no VNNI: tens of dB lost). That tool's file layout
     (config files next to the model, names from the source) does not fit a build stage, so the
     same session options are applied here directly.
     """
@@ -190,6 +195,8 @@ def convert_to_ort_format(src: Path, dst: Path, *, level: str = "all") -> None:
     so.optimized_model_filepath = str(raw)
     so.add_session_config_entry("session.save_model_format", "ORT")
     so.add_session_config_entry("session.qdqisint8allowed", "1")
+    if runtime_optimizations:
+        so.add_session_config_entry("optimization.minimal_build_optimizations", "save")
     disabled = ["NchwcTransformer"] if level in ("layout", "all") else None
     try:
         _create(src, so, disabled)

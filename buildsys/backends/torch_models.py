@@ -390,12 +390,15 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, np.ndarray],
     """fp32 ONNX of ``model`` at ``dst``, inputs named like ``example_inputs`` (in order),
     outputs named ``output_names``; static shapes (those of the examples).
 
-    Uses the TorchScript-based exporter (byte-identical re-exports), constant folding (so
-    BatchNorm is folded into the preceding convolutions), weights inside the file, all doc
+    Uses the TorchScript-based exporter (byte-identical re-exports), constant folding,
+    BatchNorm folded into the preceding convolutions in float64 (the same bytes on every
+    CPU: `onnx_bn_fold`), weights inside the file, all doc
     strings cleared; the result passes ``onnx.checker.check_model``.
     """
     import onnx
     import torch
+
+    from buildsys.backends.onnx_bn_fold import fold_batchnorms
 
     if opset < 18:
         raise StageError(f"ONNX opset {opset} is too old: modelbuild needs opset ≥ 18")
@@ -419,11 +422,15 @@ def export_onnx(model: nn.Module, example_inputs: Mapping[str, np.ndarray],
             torch.onnx.export(model, _tensors(example_inputs), buffer, input_names=names_in,
                               output_names=names_out, opset_version=opset, dynamo=False,
                               do_constant_folding=True, export_params=True,
-                              training=torch.onnx.TrainingMode.EVAL)
+                              # PRESERVE (the model is in eval mode) keeps the exporter from
+                              # folding BatchNorm with CPU-dependent float32 kernels; it is
+                              # folded below in float64 instead.
+                              training=torch.onnx.TrainingMode.PRESERVE)
     except Exception as e:
         raise StageError(f"ONNX export of {type(model).__name__} at opset {opset} failed: "
                          f"{type(e).__name__}: {_first_line(e)}") from e
     proto = onnx.load_from_string(buffer.getvalue())
+    fold_batchnorms(proto)
     produced = [o.name for o in proto.graph.output]
     if produced != names_out:
         raise StageError(f"{type(model).__name__} returns {len(produced)} output(s) but "

@@ -76,6 +76,8 @@ class ExecuteOptions:
     # Run stages in this process (one at a time) instead of worker processes: for tests that
     # patch the network edge (AI Hub). No crash isolation; never the CLI's choice.
     inline: bool = False
+    # A command each worker starts under (`--run-under`): an emulator, nice, taskset.
+    run_under: list[str] = field(default_factory=list)
     cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                            if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -366,7 +368,8 @@ class Executor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", COORDINATOR_ENV: str(os.getpid())}
         with open(scratch / "log.txt", "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "buildsys.execute.worker", str(scratch / "job.json")],
+                [*self.options.run_under, sys.executable, "-m", "buildsys.execute.worker",
+                 str(scratch / "job.json")],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=scratch, start_new_session=True,  # own process group: kill it whole
             )

@@ -17,6 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
+from buildsys.numerics import pin_kernels
+
 # The coordinator's pid, set by the runner: a worker ends when its coordinator is gone.
 COORDINATOR_ENV = "MODELBUILD_COORDINATOR_PID"
 STATUS_FILE = "status.txt"  # the stage's latest status line (StageContext.status)
@@ -28,6 +30,8 @@ def _limit_threads(threads: int, cpus: list[int] | None) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     os.environ["MODELBUILD_THREADS"] = str(threads)
+    # Same bytes on every CPU: the numeric libraries read these when they load.
+    pin_kernels(os.environ)
     if cpus and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cpus)

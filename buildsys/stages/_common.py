@@ -51,8 +51,10 @@ def load_torch_model(ctx: StageContext) -> Any:
     import torch
 
     from buildsys.backends.torch_models import load_model
+    from buildsys.numerics import TORCH_THREADS
 
-    torch.set_num_threads(ctx.threads)
+    # Not ctx.threads: torch's results follow its thread count (buildsys/numerics.py).
+    torch.set_num_threads(TORCH_THREADS)
     return load_model(source_spec(ctx), ctx.work_dir)
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
+from buildsys.numerics import NUMERICS
 from buildsys.stages._common import RuntimeStage, example_inputs, load_torch_model
 from buildsys.stages.base import StageContext
 
 
 class CompileStage(RuntimeStage):
     kind: ClassVar[str] = "compile"
-    version: ClassVar[str] = "4"
+    # Its bytes follow the pinned kernels (buildsys/numerics.py).
+    version: ClassVar[str] = f"5+{NUMERICS}"
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         runtime = ctx.params["runtime"]
@@ -35,8 +37,11 @@ class CompileStage(RuntimeStage):
         optimize_model(ctx.input("model"), dst, level=level)
         metrics: dict[str, Any] = {"optimization": level}
         if ctx.params.get("ort_format"):
-            convert_to_ort_format(dst, ctx.output("model.ort"))
-            metrics["ort_format"] = True
+            # QDQ models keep their Q/DQ nodes in the .ort too, with the fusions saved for the
+            # device's ORT (see convert_to_ort_format).
+            quant = ctx.params["precision"] == "quant"
+            convert_to_ort_format(dst, ctx.output("model.ort"), runtime_optimizations=quant)
+            metrics["ort_format"] = {"optimization_style": "runtime" if quant else "fixed"}
         return metrics
 
     def _qnn(self, ctx: StageContext) -> dict[str, Any]:

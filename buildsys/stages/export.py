@@ -5,13 +5,15 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
+from buildsys.numerics import NUMERICS
 from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_torch_model
 from buildsys.stages.base import Stage, StageContext
 
 
 class ExportStage(Stage):
     kind: ClassVar[str] = "export"
-    version: ClassVar[str] = "1"
+    # Its bytes follow the pinned kernels (buildsys/numerics.py).
+    version: ClassVar[str] = f"2+{NUMERICS}"
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, "torch", "onnx")
     max_threads: ClassVar[int] = 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from buildsys.errors import StageError
+from buildsys.numerics import NUMERICS
 from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_samples, load_torch_model
 from buildsys.stages.base import Stage, StageContext
 
@@ -13,7 +14,8 @@ BITS = {"int4": 4, "int8": 8, "int16": 16}
 
 class QuantizeStage(Stage):
     kind: ClassVar[str] = "quantize"
-    version: ClassVar[str] = "2"
+    # Its bytes follow the pinned kernels (buildsys/numerics.py).
+    version: ClassVar[str] = f"3+{NUMERICS}"
     max_threads: ClassVar[int] = 2
 
     @classmethod

@@ -59,9 +59,9 @@ def test_optimize_model_folds_and_matches(tiny_fp32, held_out, tmp_path) -> None
 
 
 def test_ort_format_loads_and_matches(tiny_fp32, tiny_w8a8, held_out, tmp_path) -> None:
-    for src in (tiny_fp32, tiny_w8a8):
+    for src, runtime_style in ((tiny_fp32, False), (tiny_w8a8, True)):
         dst = tmp_path / f"{src.stem}.ort"
-        ort_runtime.convert_to_ort_format(src, dst)
+        ort_runtime.convert_to_ort_format(src, dst, runtime_optimizations=runtime_style)
         data = dst.read_bytes()
         assert data[4:8] == b"ORTM"
         assert ort_runtime.canonicalize_ort_bytes(data) == data  # already canonical
@@ -69,6 +69,24 @@ def test_ort_format_loads_and_matches(tiny_fp32, tiny_w8a8, held_out, tmp_path) 
         b, _ = ort_runtime.run(dst, held_out)
         for x, y in zip(a, b, strict=True):
             np.testing.assert_allclose(x["y"], y["y"], rtol=1e-4, atol=2e-4)
+    # The QDQ model's .ort keeps Q/DQ and float arithmetic (its fusions are saved for the
+    # device's ORT): on the host it computes exactly what the .onnx does, on any CPU, never
+    # with QLinearConv's integer kernels (which lose tens of dB on CPUs without VNNI).
+    qdq_ort = tmp_path / "tiny_w8a8.ort"
+    ops = {row["op_type"] for row in ort_runtime.profile(
+        qdq_ort, held_out[0], warmup=0, runs=1, level="all", threads=1)["per_op"]}
+    assert "QLinearConv" not in ops and {"Conv", "DequantizeLinear"} <= ops
+    a, _ = ort_runtime.run(tiny_w8a8, held_out)
+    b, _ = ort_runtime.run(qdq_ort, held_out)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["y"], y["y"])
+    # The fixed style bakes QLinearConv in: the CPU-dependent artifact this avoids.
+    fixed = tmp_path / "fixed.ort"
+    ort_runtime.convert_to_ort_format(tiny_w8a8, fixed)
+    ops = {row["op_type"] for row in ort_runtime.profile(
+        fixed, held_out[0], warmup=0, runs=1, level="basic", threads=1)["per_op"]}
+    assert "QLinearConv" in ops
+    fixed.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.ort", "tiny_w8a8.ort"]
     with pytest.raises(StageError, match=r"must end in \.ort"):
         ort_runtime.convert_to_ort_format(tiny_fp32, tmp_path / "x.onnx")
