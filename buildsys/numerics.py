@@ -9,13 +9,18 @@ CPU has, and torch held to one thread (one thread and two threads pick different
 algorithms; two and four agree). Proved by `tests/crosscpu/`, which rebuilds the CPU-sensitive
 stages under `qemu-x86_64 -cpu Nehalem` and `-cpu Haswell` and compares every digest.
 
-What cannot be pinned this way (onnxruntime's MLAS kernels; the QNN HTP tools are closed)
-was measured instead; see the README's "Same bytes on every CPU".
+onnxruntime's MLAS kernels cannot be pinned: on every CPU with AVX2 and FMA (Haswell, Skylake,
+AVX-512 Intel, AMD EPYC) they give the same bytes, without FMA (Nehalem, Sandy Bridge) others.
+Stages whose bytes come from them carry that CPU class in their key as the pseudo-tool
+`ORT_KERNELS`, so two classes never share a cache entry, and a worker whose CPU is of another
+class than its stage's key refuses the stage (`check_cpu_class`).
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import platform
+from collections.abc import Mapping, MutableMapping
+from functools import cache
 
 # Read by each library when it loads, so they must be in the environment before the worker
 # imports anything numeric.
@@ -39,3 +44,48 @@ def pin_kernels(environ: MutableMapping[str, str]) -> None:
     """Hold the numeric libraries to CPU-independent kernels in `environ` (a worker's own
     `os.environ`, before it imports torch or numpy)."""
     environ.update(PINNED_KERNEL_ENV)
+
+
+# A stage's tools name this pseudo-tool when its bytes come from onnxruntime's CPU kernels;
+# its "version" is the CPU class those kernels follow.
+ORT_KERNELS = "onnxruntime-cpu-kernels"
+
+
+def _kernel_class(has_avx2_fma: bool) -> str:
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return machine
+    return "x86-64 with AVX2+FMA" if has_avx2_fma else "x86-64 without AVX2+FMA"
+
+
+@cache
+def host_kernel_class() -> str:
+    """This machine's class, from /proc/cpuinfo (cheap: the planner asks on every build)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return _kernel_class({"avx2", "fma"} <= set(flags))
+
+
+def running_kernel_class() -> str:
+    """The class of the CPU this process really runs on, asked with cpuid (through numpy), so
+    an emulated CPU (`--run-under qemu-x86_64 -cpu …`) answers for itself; /proc/cpuinfo
+    would describe the host."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return _kernel_class(bool(__cpu_features__.get("AVX2") and __cpu_features__.get("FMA3")))
+
+
+def check_cpu_class(promised_tools: Mapping[str, str]) -> str | None:
+    """Why this process must not run a stage whose key promised `promised_tools`, or None."""
+    promised = promised_tools.get(ORT_KERNELS)
+    if promised is None:
+        return None
+    here = running_kernel_class()
+    if here == promised:
+        return None
+    return (f"this worker's CPU is {here}, but the stage's key promises onnxruntime kernels "
+            f"of a CPU {promised}: they compute other bytes, so it refuses the stage")

@@ -9,6 +9,7 @@ torch and aimet_torch are imported inside the function (``import aimet_torch`` c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from buildsys.backends.samples import check_sample
+from buildsys.backends.torch_models import fold_batchnorm
 from buildsys.errors import StageError
 
 if TYPE_CHECKING:
@@ -195,6 +197,12 @@ def quantize_aimet(
         _silence_known_warnings()
         # prepare_model shares modules with its input and folding mutates them: copy first.
         work = copy.deepcopy(model).eval()
+        # Fold BatchNorm exactly first (the same bytes on every CPU); AIMET's own folding,
+        # below, then finds only what torch.fx could not pair here.
+        exact_folds = 0
+        with contextlib.suppress(StageError):
+            work, fold_info = fold_batchnorm(work, engine="torch")
+            exact_folds = fold_info["batchnorms_folded"]
         n_out = len(_flatten_outputs(work(*example_t)))
         in_names = _names(input_names, list(example), "input_names")
         default_out = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
@@ -266,7 +274,7 @@ def quantize_aimet(
         "num_quantizers": counts["param"] + counts["activation"],
         "num_param_quantizers": counts["param"],
         "num_activation_quantizers": counts["activation"],
-        "num_folded_batch_norms": len(folded),
+        "num_folded_batch_norms": exact_folds + len(folded),
         "calibration_samples": len(calib_t),
         "input_names": in_names,
         "output_names": out_names,

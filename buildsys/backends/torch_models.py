@@ -568,8 +568,8 @@ def fold_batchnorm(model: nn.Module, example_inputs: Mapping[str, np.ndarray] | 
     with ``info = {"engine": ..., "batchnorms_folded": n, "pairs": [[layer, bn], ...]}``.
     ``engine``: ``"aimet"`` (``aimet_torch.batch_norm_fold.fold_all_batch_norms``; needs
     ``example_inputs``), ``"torch"`` (``torch.fx`` to find conv→BN pairs whose conv output
-    feeds only the BN, ``torch.nn.utils.fusion.fuse_conv_bn_eval``, the BN replaced by
-    ``nn.Identity``) or ``"auto"`` (aimet when installed).
+    feeds only the BN, folded in float64 by ``_fuse_exactly`` — the same bytes on every CPU —,
+    the BN replaced by ``nn.Identity``) or ``"auto"`` (aimet when installed).
     """
     if engine not in ("auto", "aimet", "torch"):
         raise StageError(f"fold_batchnorm engine must be auto, aimet or torch, not {engine!r}")
@@ -598,10 +598,36 @@ def _fold_aimet(model: nn.Module, example_inputs: Mapping[str, np.ndarray] | Non
                     "batchnorms_folded": len(listed), "pairs": listed}
 
 
+def _fuse_exactly(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """`layer` (conv or linear) with the inference BatchNorm after it folded in: computed in
+    float64 with IEEE operations only and rounded to float32 once, so the folded weights are
+    the same bytes on every CPU (torch's own folding uses `torch.sqrt`, whose MKL kernel
+    rounds differently per CPU even with the kernels pinned)."""
+    import torch
+    from torch import nn
+
+    def f64(t: torch.Tensor | None, like: int) -> np.ndarray:
+        return (t.detach().double().numpy() if t is not None
+                else np.zeros(like, dtype=np.float64))
+
+    mean, var = f64(bn.running_mean, 0), f64(bn.running_var, 0)
+    gamma = f64(bn.weight, 0) if bn.weight is not None else np.ones_like(mean)
+    beta = f64(bn.bias, len(mean))
+    factor = gamma / np.sqrt(var + np.float64(bn.eps))
+    weight = f64(layer.weight, 0)
+    fused = copy.deepcopy(layer)
+    new_weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+    new_bias = (f64(layer.bias, len(mean)) - mean) * factor + beta
+    fused.weight = nn.Parameter(torch.from_numpy(new_weight.astype(np.float32)),
+                                requires_grad=False)
+    fused.bias = nn.Parameter(torch.from_numpy(new_bias.astype(np.float32)),
+                              requires_grad=False)
+    return fused
+
+
 def _fold_torch(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     import torch
     from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
     folded = copy.deepcopy(model).eval()
     try:
@@ -623,13 +649,11 @@ def _fold_torch(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         layer, bn = modules[producer.target], modules[node.target]
         if not bn.track_running_stats or bn.running_mean is None:
             continue
-        if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and not isinstance(
-                layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
-            fused: nn.Module = fuse_conv_bn_eval(layer, bn)
-        elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-            fused = fuse_linear_bn_eval(layer, bn)
-        else:
+        conv = isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and not isinstance(
+            layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d)
+        if not (conv or (isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d))):
             continue
+        fused = _fuse_exactly(layer, bn)
         _set_submodule(folded, producer.target, fused)
         _set_submodule(folded, node.target, nn.Identity())
         pairs.append([producer.target, node.target])

@@ -334,7 +334,7 @@ class Executor:
         threads, cpus = self._threads_and_cpus(node, slot)
         # The parameters as keyed (packaging adds its upstream keys there).
         job = {"stage_id": node.id, "kind": node.kind, "params": parts["params"],
-               "inputs": inputs,
+               "inputs": inputs, "tools": parts["tools"],
                "threads": threads, "cpus": cpus,
                "extras": {"sys_path": [str(self.options.project_dir)],
                           "stage_key": stage_key(parts),

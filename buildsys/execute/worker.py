@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from buildsys.numerics import pin_kernels
+from buildsys.numerics import check_cpu_class, pin_kernels
 
 # The coordinator's pid, set by the runner: a worker ends when its coordinator is gone.
 COORDINATOR_ENV = "MODELBUILD_COORDINATOR_PID"
@@ -63,6 +63,9 @@ def run_job(job_path: Path) -> int:
     os.chdir(ctx.work_dir)
     result: dict[str, object]
     try:
+        refusal = check_cpu_class(job.get("tools") or {})
+        if refusal:
+            raise ModelbuildError(f"{job['stage_id']}: {refusal}")
         metrics = stage_class(job["kind"])().run(ctx) or {}
         result = {"ok": True, "metrics": metrics}
     except CheckFailed as exc:

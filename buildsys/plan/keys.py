@@ -8,6 +8,7 @@ from importlib import metadata
 from typing import Any
 
 from buildsys.hashing import digest_value
+from buildsys.numerics import ORT_KERNELS, host_kernel_class
 from buildsys.plan.node import StageNode
 from buildsys.stages import stage_class
 
@@ -16,6 +17,8 @@ from buildsys.stages import stage_class
 def tool_version(distribution: str) -> str:
     if distribution == "python":
         return platform.python_version()
+    if distribution == ORT_KERNELS:
+        return host_kernel_class()
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from buildsys.numerics import ORT_KERNELS
 from buildsys.stages.base import Stage, StageContext
 
 PYTHON_TOOLS = ("python", "numpy")
+# Computed with onnxruntime's CPU kernels: their bytes follow the CPU class (numerics.py).
+ORT_TOOLS = ("onnx", "onnxruntime", ORT_KERNELS)
 # What each target runtime's stages (compile, infer, profile) depend on.
 RUNTIME_TOOLS = {
-    "onnx": ("onnx", "onnxruntime"),
+    "onnx": ORT_TOOLS,
     "qnn_context_binary": ("onnx", "onnxruntime", "onnxruntime-qnn"),
     "tflite": ("torch", "litert-torch", "ai-edge-litert"),
 }

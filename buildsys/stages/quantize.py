@@ -6,7 +6,13 @@ from typing import Any, ClassVar
 
 from buildsys.errors import StageError
 from buildsys.numerics import NUMERICS
-from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_samples, load_torch_model
+from buildsys.stages._common import (
+    ORT_TOOLS,
+    PYTHON_TOOLS,
+    example_inputs,
+    load_samples,
+    load_torch_model,
+)
 from buildsys.stages.base import Stage, StageContext
 
 BITS = {"int4": 4, "int8": 8, "int16": 16}
@@ -22,7 +28,7 @@ class QuantizeStage(Stage):
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
         if params["scheme"]["engine"] == "aimet":
             return (*PYTHON_TOOLS, "torch", "onnx", "aimet-torch")
-        return (*PYTHON_TOOLS, "onnx", "onnxruntime")
+        return (*PYTHON_TOOLS, *ORT_TOOLS)  # calibration runs the model on ORT
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         scheme = ctx.params["scheme"]

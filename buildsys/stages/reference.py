@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from buildsys.numerics import NUMERICS
-from buildsys.stages._common import PYTHON_TOOLS, load_samples, load_torch_model, save_samples
+from buildsys.stages._common import (
+    ORT_TOOLS,
+    PYTHON_TOOLS,
+    load_samples,
+    load_torch_model,
+    save_samples,
+)
 from buildsys.stages.base import Stage, StageContext
 
 
@@ -17,7 +23,7 @@ class ReferenceStage(Stage):
 
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
-        return (*PYTHON_TOOLS, "onnxruntime") if not params["source"] else (
+        return (*PYTHON_TOOLS, *ORT_TOOLS) if not params["source"] else (
             *PYTHON_TOOLS, "torch")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
