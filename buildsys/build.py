@@ -13,6 +13,8 @@ from buildsys.execute.report import device_summary, report_dict, summary_line, w
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
 from buildsys.plan.planner import Plan, make_plan
+from buildsys.plan.remote import remote_stage_ids, switched_off
+from buildsys.plan.requirements import check_toolchains
 from buildsys.recipe.load import Recipe
 from buildsys.store.lock import lock_entry, read_lock, write_lock
 from buildsys.store.store import Store, default_cache_dir
@@ -43,12 +45,18 @@ def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, st
     return blocked_remote_stages(recipe, graph, offline)  # type: ignore[arg-type]
 
 
+def skipped_remote_stages(graph: object, offline: bool) -> list[str]:
+    """Remote stages this build skips on purpose: they need no toolchain installed."""
+    return remote_stage_ids(graph) if switched_off(offline) else []  # type: ignore[arg-type]
+
+
 def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
     try:
         full = build_graph(recipe)
     except StageError as exc:  # e.g. a dataset's files, found while planning: a recipe problem
         raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
+    check_toolchains(graph, skip=skipped_remote_stages(graph, options.offline))
     plan = make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
     plan.all_stage_ids = set(full.nodes)
     return plan

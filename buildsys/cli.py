@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
                "cache info|verify|gc | devices",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("patterns", nargs="*", help="build only matching stages (glob over "
                         "stage ids, e.g. 'ffnet_40s/w8a8/*') and what they need")
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (one source of truth: pyproject.toml)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("modelbuild")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,7 +109,8 @@ def skimage_data_dir() -> Path:
     """The ``data`` folder inside the installed scikit-image (found without importing it)."""
     found = importlib.util.find_spec("skimage")
     if found is None or not found.submodule_search_locations:
-        raise StageError("skimage sample photos need scikit-image: `pip install scikit-image`")
+        raise StageError("skimage sample photos need scikit-image: "
+                         "`pip install 'modelbuild[onnx]'`")
     return Path(next(iter(found.submodule_search_locations))) / "data"
 
 

@@ -46,13 +46,18 @@ def aihub_problem() -> str | None:
     return None
 
 
+def switched_off(offline: bool) -> bool:
+    """AI Hub is off for this build (`--offline` or MODELBUILD_AIHUB=off)."""
+    return offline or os.environ.get(AIHUB_ENV, "").strip().lower() in OFF_VALUES
+
+
 def blocked_remote_stages(recipe: Recipe, graph: nx.DiGraph, offline: bool) -> dict[str, str]:
     """Stage id → reason; a `PlanFailure` reason fails the stage, a plain one skips it."""
     del recipe
     remote = remote_stage_ids(graph)
     if not remote:
         return {}
-    if offline or os.environ.get(AIHUB_ENV, "").strip().lower() in OFF_VALUES:
+    if switched_off(offline):
         reason = f"AI Hub is off (--offline or {AIHUB_ENV}=off)"
         return dict.fromkeys(remote, reason)
     problem = aihub_problem()

@@ -101,5 +101,11 @@ class Stage:
         """Distributions whose versions change this stage's output (may depend on params)."""
         return cls.tools
 
+    @classmethod
+    def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """Distributions this stage imports when it runs; the planner fails a build that
+        needs one that is not installed, naming the extra to install (see toolchain.py)."""
+        return tuple(name for name in cls.tool_names(params) if name != "python")
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError

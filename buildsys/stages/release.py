@@ -22,6 +22,10 @@ class ReleaseIndexStage(Stage):
     version: ClassVar[str] = "1"
     tools: ClassVar[tuple[str, ...]] = PYTHON_TOOLS
 
+    @classmethod
+    def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return ()  # JSON and text only
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         rows = [self._row(ctx, entry) for entry in ctx.params["variants"]]
         float_sizes = {(r["model"], r["target"]): r["model_bytes"] for r in rows
