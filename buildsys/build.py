@@ -36,7 +36,7 @@ class BuildOptions:
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
-    return Store(default_cache_dir(recipe.project_dir, cache_dir))
+    return Store(default_cache_dir(recipe.project_root, cache_dir))
 
 
 def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, str]:
@@ -62,10 +62,6 @@ def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
     return plan
 
 
-def build_dir(recipe: Recipe) -> Path:
-    return recipe.project_dir / recipe.settings["build_dir"]
-
-
 def run_build(recipe: Recipe, options: BuildOptions) -> int:
     """Build and return the exit code: 0 ok, 1 a stage, check or lock comparison failed."""
     from buildsys.execute.progress import make_progress
@@ -78,7 +74,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
         jobs = options.jobs or len(os.sched_getaffinity(0))
         executor = Executor(plan, store, ExecuteOptions(
-            build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
+            build_dir=recipe.build_dir, release_dir=recipe.release_dir,
+            project_dir=recipe.project_dir, jobs=jobs,
             keep_going=options.keep_going, inline=options.inline), progress)
         try:
             outcomes = executor.run()

@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true", help="fail if any output differs "
                         "from the lock file (the lock is not updated)")
     parser.add_argument("--report", type=Path, help="write a JSON report of every stage")
-    parser.add_argument("--cache-dir", help="store location (default: .cache beside the "
-                        "recipe, or $MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--cache-dir", help="store location (default: .cache/ at the "
+                        "project root, or $MODELBUILD_CACHE_DIR)")
     parser.add_argument("--group", action="append", default=[], metavar="NAME",
                         help="also build the builds entries of this group (repeatable; "
                              "'all' for every group)")

@@ -71,6 +71,7 @@ class Progress(Protocol):
 class ExecuteOptions:
     build_dir: Path
     project_dir: Path
+    release_dir: Path | None = None  # where stages with `publish` set also place their outputs
     jobs: int = 1
     keep_going: bool = False
     # Run stages in this process (one at a time) instead of worker processes: for tests that
@@ -438,8 +439,8 @@ class Executor:
 
     def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:
         targets = [self.options.build_dir / node.id]
-        if node.publish_dir:
-            targets.append(self.options.project_dir / node.publish_dir)
+        if node.publish and self.options.release_dir is not None:
+            targets.append(self.options.release_dir)
         for base in targets:
             for name, output in record["outputs"].items():
                 dest = base / name

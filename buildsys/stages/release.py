@@ -1,4 +1,5 @@
-"""The release index over every packaged variant: dist/index.json and a README table.
+"""The release index over every packaged variant: index.json and a README table (published in
+the recipe's release folder, release/<recipe>/ by default).
 
 It gathers measured figures (latency, where it ran), so unlike the archives it is not
 expected to be byte-identical across machines; it is listed as a measurement in the lock.

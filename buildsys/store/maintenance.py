@@ -28,8 +28,10 @@ def human(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def run(args: argparse.Namespace) -> int:
-    store = Store(default_cache_dir(Path.cwd(), args.cache_dir))
+def run(args: argparse.Namespace, project_root: Path) -> int:
+    """`project_root`: the project the store belongs to (where gc looks for lock files)."""
+    args.lock = list(args.lock) or default_lock_files(project_root)
+    store = Store(default_cache_dir(project_root, args.cache_dir))
     try:
         return {"info": info, "verify": verify, "gc": gc}[args.action](store, args)
     finally:
@@ -68,10 +70,8 @@ def verify(store: Store, args: argparse.Namespace) -> int:
     return 1 if bad_blobs or broken or index_problems else 0
 
 
-def _lock_files(args: argparse.Namespace) -> list[Path]:
-    if args.lock:
-        return list(args.lock)
-    return sorted([*Path.cwd().glob("*.lock"), *Path.cwd().glob("recipes/*.lock")])
+def default_lock_files(root: Path) -> list[Path]:
+    return sorted([*root.glob("*.lock"), *root.glob("recipes/**/*.lock")])
 
 
 def gc(store: Store, args: argparse.Namespace) -> int:
@@ -79,7 +79,7 @@ def gc(store: Store, args: argparse.Namespace) -> int:
 
     With --max-size, also drop the oldest kept records until the store fits.
     """
-    keep_keys = {entry["key"] for lock in _lock_files(args) for entry in read_lock(lock).values()
+    keep_keys = {entry["key"] for lock in args.lock for entry in read_lock(lock).values()
                  if isinstance(entry, dict) and "key" in entry}
     records = store.index.records()
     removed = 0

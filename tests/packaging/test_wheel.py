@@ -101,6 +101,6 @@ def test_the_installed_wheel_validates_and_builds_outside_the_source_tree(
     (tmp_path / "hello.yaml").write_text(STEPS_RECIPE.format(py=sys.executable))
     (tmp_path / "quiet.txt").write_text("psst\n")
     run(modelbuild, "hello.yaml", "-q", cwd=tmp_path)
-    assert (tmp_path / "build" / "steps" / "shout" / "loud.txt").read_text() == "PSST\n"
+    assert (tmp_path / "build" / "hello" / "steps" / "shout" / "loud.txt").read_text() == "PSST\n"
     again = run(modelbuild, "hello.yaml", cwd=tmp_path)
     assert "0 built" in again.stderr
