@@ -71,7 +71,7 @@ class PipelineBuilder:
 
     # --- shared stages ---------------------------------------------------------------------
     def dataset(self, dataset: str, split: str, model: str, count: int | None) -> str:
-        from buildsys.data.datasets import input_files
+        from buildsys.recipe.dataset_files import input_files
 
         spec = self.recipe.section("datasets")[dataset]
         project = self.recipe.project_dir

@@ -102,6 +102,12 @@ class Stage:
         return cls.tools
 
     @classmethod
+    def unavailable(cls) -> str | None:
+        """Why stages of this kind cannot run from here (e.g. a remote service without a
+        token or network), asked once per build before anything runs; None when they can."""
+        return None
+
+    @classmethod
     def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
         """Distributions this stage imports when it runs; the planner fails a build that
         needs one that is not installed, naming the extra to install (see toolchain.py)."""
