@@ -781,6 +781,6 @@ def test_example_recipe_builds_against_the_fake_service(
     assert {c.kwargs["device"].name for c in fake.hub.submit_compile_job.call_args_list} == {
         "Samsung Galaxy S23"}
     for target in ("tflite", "qnn"):
-        validation = json.loads((isolated / "build" / "hubtest" / "tiny" / "w8a8" / target
+        validation = json.loads((isolated / "build" / "aihub_tiny" / "tiny" / "w8a8" / target
                                  / "galaxy-s23/validate/validation.json").read_text())
         assert validation["passed"]
