@@ -91,7 +91,7 @@ def _devices(argv: list[str]) -> int:
                         help="filter, e.g. chipset:qualcomm-snapdragon-8gen2 (repeatable)")
     parser.add_argument("--refresh", action="store_true", help="ignore the one-day cache")
     args = parser.parse_args(argv)
-    from buildsys.backends.aihub_devices import print_devices
+    from buildsys.backends.aihub.device_table import print_devices
 
     try:
         return print_devices(args.attribute, device_cache_path(), refresh=args.refresh)

@@ -1,4 +1,4 @@
-"""`modelbuild devices`: the AI Hub devices a recipe can name, cached for a day.
+"""`modelbuild devices`: the table of AI Hub devices a recipe can name (cached for a day).
 
 The caller says where the list is kept (`modelbuild devices`: `<store>/aihub/devices.json`).
 It holds device names, OS versions and attributes only (never the API token).
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from buildsys.errors import StageError
 
 if TYPE_CHECKING:
-    from buildsys.backends.aihub import DeviceInfo
+    from buildsys.backends.aihub.devices import DeviceInfo
 
 def device_table(devices: list[DeviceInfo]) -> str:
     """Name, OS, chipset, form factor and frameworks: enough to write a recipe's device."""
@@ -40,7 +40,7 @@ def print_devices(attributes: list[str], cache: Path, refresh: bool = False, *,
                   client: Any = None, stream: TextIO | None = None) -> int:
     """Print the AI Hub devices having all `attributes`; exit code 0, or 1 with a message
     (no token, AI Hub unreachable, unknown attribute)."""
-    from buildsys.backends.aihub import AIHubClient
+    from buildsys.backends.aihub.client import AIHubClient
 
     out = stream or sys.stdout
     client = client or AIHubClient()
