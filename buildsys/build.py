@@ -15,6 +15,7 @@ from buildsys.plan.graph import build_graph, select
 from buildsys.plan.planner import Plan, make_plan
 from buildsys.plan.remote import remote_stage_ids, switched_off
 from buildsys.plan.requirements import check_toolchains
+from buildsys.plan.status import Status
 from buildsys.recipe.load import Recipe
 from buildsys.store.lock import lock_entry, read_lock, write_lock
 from buildsys.store.store import Store, default_cache_dir
@@ -152,7 +153,7 @@ def lock_mismatches(lock: dict[str, dict[str, object]], plan: Plan,
 
 def print_failures(outcomes: dict[str, Outcome], mismatches: list[str]) -> None:
     for outcome in outcomes.values():
-        if outcome.status == "failed":
+        if outcome.status == Status.FAILED:
             kind = "check failed" if outcome.check_failed else "failed"
             print(f"error: {outcome.stage_id} {kind}: {outcome.error}", file=sys.stderr)
             if outcome.log_path:

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from buildsys.errors import ModelbuildError, RecipeError, UsageError
+from buildsys.errors import Interrupted, ModelbuildError, RecipeError, UsageError
 
 SUBCOMMANDS = {"validate", "graph", "cache", "devices"}
 
@@ -78,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
     except ModelbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 130 if type(exc).__name__ == "Interrupted" else 1
+        return 1
     except OSError as exc:  # the disk, permissions: outside any stage (those fail alone)
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from buildsys.errors import ModelbuildError, StoreError
+from buildsys.errors import Interrupted, ModelbuildError, StoreError
 from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
@@ -32,10 +32,11 @@ from buildsys.plan.planner import (
     resolve_input_digests,
     upstream_keys,
 )
+from buildsys.plan.status import Status
 from buildsys.stages import stage_class
 from buildsys.store.store import Store
 
-BUILT, FAILED = "built", "failed"
+BUILT, FAILED = Status.BUILT, Status.FAILED
 LOG_TAIL = 20_000
 # Remote stages (AI Hub jobs) waiting at once, besides the -j local ones: each is an idle
 # worker process polling a service, and the service runs the jobs in parallel on its devices.
@@ -45,7 +46,7 @@ REMOTE_JOBS = 16
 @dataclass
 class Outcome:
     stage_id: str
-    status: str  # built | cached | failed | skipped
+    status: Status  # built | cached | failed | skipped
     reason: str
     key: str | None = None
     record: dict[str, Any] | None = None
@@ -79,10 +80,6 @@ class ExecuteOptions:
     inline: bool = False
     cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                            if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
-class Interrupted(ModelbuildError):
-    pass
 
 
 class Executor:

@@ -24,7 +24,7 @@ from qai_hub.client import InternalError, UserError, _profile_pb_to_python_dict
 import buildsys.stages.aihub as aihub_stages
 from buildsys.backends.aihub import AIHubClient
 from buildsys.build import BuildOptions, run_build
-from buildsys.execute.runner import Interrupted
+from buildsys.errors import Interrupted
 from buildsys.recipe.load import load_recipe
 
 FAKE_TOKEN = "tokE3b1c9d8a7f6e5d4c3b2a1908f7e6d5SECRETXYZ"
