@@ -74,8 +74,8 @@ def _cache(argv: list[str]) -> int:
     parser.add_argument("--cache-dir", help="store location (default: .cache/ at the root of "
                         "the project holding the current directory, or $MODELBUILD_CACHE_DIR)")
     parser.add_argument("--lock", type=Path, action="append", default=[],
-                        help="gc: keep what these lock files reference (default: *.lock at "
-                             "the project root and under its recipes/)")
+                        help="gc: keep what these lock files reference (default: every "
+                             "recipe's lock file in the project)")
     parser.add_argument("--max-size", help="gc: then trim least recently built records until "
                         "the store is under this size (e.g. 5G, 500M)")
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -70,8 +71,22 @@ def verify(store: Store, args: argparse.Namespace) -> int:
     return 1 if bad_blobs or broken or index_problems else 0
 
 
+# Not searched for lock files: generated or third-party trees (hidden ones are skipped too).
+UNSEARCHED = {"build", "release", "dist", "node_modules", "__pycache__"}
+
+
 def default_lock_files(root: Path) -> list[Path]:
-    return sorted([*root.glob("*.lock"), *root.glob("recipes/**/*.lock")])
+    """Every recipe's lock file in the project (`<name>.lock` beside `<name>.yaml`): the store
+    is shared by all of them, so gc must keep what any of them references."""
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in UNSEARCHED]
+        for name in files:
+            path = Path(directory) / name
+            if path.suffix == ".lock" and any(path.with_suffix(s).is_file()
+                                              for s in (".yaml", ".yml")):
+                found.append(path)
+    return sorted(found)
 
 
 def gc(store: Store, args: argparse.Namespace) -> int:

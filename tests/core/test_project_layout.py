@@ -80,3 +80,18 @@ def test_settings_still_place_build_and_release_beside_the_recipe(project: Proje
     project.run("recipes/one.yaml", "-q")
     assert (project.root / "recipes/out/steps/hello/hi.txt").read_text() == "hi"
     assert not (project.root / "build").exists()
+
+
+def test_gc_keeps_what_any_recipe_of_the_project_locked(project: Project) -> None:
+    project.write("pyproject.toml", "")
+    project.write("uv.lock", "version = 1\n")  # not a recipe's lock: ignored
+    project.write("recipes/one.yaml", STEP_RECIPE.format(name="one"))
+    project.write("examples/deep/two.yaml", STEP_RECIPE.format(name="two").replace("hi", "ho"))
+    project.run("recipes/one.yaml", "-q")
+    project.run("examples/deep/two.yaml", "-q")
+    project.run("cache", "gc", cwd=project.root / "examples")
+    info = project.run("cache", "info").stdout
+    assert "records  2" in info, info
+    (project.root / "examples/deep/two.lock").unlink()
+    project.run("cache", "gc")
+    assert "records  1" in project.run("cache", "info").stdout
