@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,tflite]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	touch $@
 
 build: setup
@@ -26,10 +26,11 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check buildsys tests benchmarks
+	$(BIN)/lint-imports  # the import contracts in pyproject.toml
 
 bench: setup
 	$(BIN)/python benchmarks/noop.py
 	$(BIN)/python benchmarks/stages.py
 
 clean:
-	rm -rf build dist .cache recipes/build recipes/dist recipes/.cache
+	rm -rf build release dist .cache recipes/build recipes/dist recipes/.cache  # recipes/*: the old layout

@@ -13,6 +13,9 @@ from buildsys.execute.report import device_summary, report_dict, summary_line, w
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
 from buildsys.plan.planner import Plan, make_plan
+from buildsys.plan.remote import remote_stage_ids, switched_off
+from buildsys.plan.requirements import check_toolchains
+from buildsys.plan.status import Status
 from buildsys.recipe.load import Recipe
 from buildsys.store.lock import lock_entry, read_lock, write_lock
 from buildsys.store.store import Store, default_cache_dir
@@ -35,7 +38,7 @@ class BuildOptions:
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
-    return Store(default_cache_dir(recipe.project_dir, cache_dir))
+    return Store(default_cache_dir(recipe.project_root, cache_dir))
 
 
 def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, str]:
@@ -44,19 +47,21 @@ def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, st
     return blocked_remote_stages(recipe, graph, offline)  # type: ignore[arg-type]
 
 
+def skipped_remote_stages(graph: object, offline: bool) -> list[str]:
+    """Remote stages this build skips on purpose: they need no toolchain installed."""
+    return remote_stage_ids(graph) if switched_off(offline) else []  # type: ignore[arg-type]
+
+
 def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
     try:
         full = build_graph(recipe)
     except StageError as exc:  # e.g. a dataset's files, found while planning: a recipe problem
         raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
+    check_toolchains(graph, skip=skipped_remote_stages(graph, options.offline))
     plan = make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
     plan.all_stage_ids = set(full.nodes)
     return plan
-
-
-def build_dir(recipe: Recipe) -> Path:
-    return recipe.project_dir / recipe.settings["build_dir"]
 
 
 def run_build(recipe: Recipe, options: BuildOptions) -> int:
@@ -71,7 +76,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
         jobs = options.jobs or len(os.sched_getaffinity(0))
         executor = Executor(plan, store, ExecuteOptions(
-            build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
+            build_dir=recipe.build_dir, release_dir=recipe.release_dir,
+            project_dir=recipe.project_dir, jobs=jobs,
             keep_going=options.keep_going, inline=options.inline,
             run_under=options.run_under), progress)
         try:
@@ -149,7 +155,7 @@ def lock_mismatches(lock: dict[str, dict[str, object]], plan: Plan,
 
 def print_failures(outcomes: dict[str, Outcome], mismatches: list[str]) -> None:
     for outcome in outcomes.values():
-        if outcome.status == "failed":
+        if outcome.status == Status.FAILED:
             kind = "check failed" if outcome.check_failed else "failed"
             print(f"error: {outcome.stage_id} {kind}: {outcome.error}", file=sys.stderr)
             if outcome.log_path:

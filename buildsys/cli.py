@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from buildsys.errors import ModelbuildError, RecipeError, UsageError
+from buildsys.errors import Interrupted, ModelbuildError, RecipeError, UsageError
 
 SUBCOMMANDS = {"validate", "graph", "cache", "devices"}
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
                "cache info|verify|gc | devices",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("patterns", nargs="*", help="build only matching stages (glob over "
                         "stage ids, e.g. 'ffnet_40s/w8a8/*') and what they need")
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true", help="fail if any output differs "
                         "from the lock file (the lock is not updated)")
     parser.add_argument("--report", type=Path, help="write a JSON report of every stage")
-    parser.add_argument("--cache-dir", help="store location (default: .cache beside the "
-                        "recipe, or $MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--cache-dir", help="store location (default: .cache/ at the "
+                        "project root, or $MODELBUILD_CACHE_DIR)")
     parser.add_argument("--group", action="append", default=[], metavar="NAME",
                         help="also build the builds entries of this group (repeatable; "
                              "'all' for every group)")
@@ -53,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (one source of truth: pyproject.toml)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("modelbuild")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
     except ModelbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 130 if type(exc).__name__ == "Interrupted" else 1
+        return 1
     except OSError as exc:  # the disk, permissions: outside any stage (those fail alone)
         print(f"error: {exc}", file=sys.stderr)
         return 1

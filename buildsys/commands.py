@@ -8,6 +8,20 @@ from pathlib import Path
 
 from buildsys.errors import UsageError
 
+DEVICE_CACHE = Path("aihub") / "devices.json"  # inside the store
+
+
+def project_store_dir(override: str | None = None) -> Path:
+    """The store of the project the current directory is in (or --cache-dir / the env)."""
+    from buildsys.project import find_project_root
+    from buildsys.store.store import default_cache_dir
+
+    return default_cache_dir(find_project_root(Path.cwd()), override)
+
+
+def device_cache_path() -> Path:
+    return project_store_dir() / DEVICE_CACHE
+
 
 def run_subcommand(name: str, argv: list[str]) -> int:
     return {"validate": _validate, "graph": _graph, "cache": _cache,
@@ -57,15 +71,17 @@ def _cache(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="modelbuild cache", description="Inspect the store.")
     parser.add_argument("action", choices=["info", "verify", "gc"])
-    parser.add_argument("--cache-dir", help="store location (default: ./.cache or "
-                        "$MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--cache-dir", help="store location (default: .cache/ at the root of "
+                        "the project holding the current directory, or $MODELBUILD_CACHE_DIR)")
     parser.add_argument("--lock", type=Path, action="append", default=[],
-                        help="gc: keep what these lock files reference (default: *.lock in "
-                             "the current directory and recipes/)")
+                        help="gc: keep what these lock files reference (default: every "
+                             "recipe's lock file in the project)")
     parser.add_argument("--max-size", help="gc: then trim least recently built records until "
                         "the store is under this size (e.g. 5G, 500M)")
     args = parser.parse_args(argv)
-    return maintenance.run(args)
+    from buildsys.project import find_project_root
+
+    return maintenance.run(args, find_project_root(Path.cwd()))
 
 
 def _devices(argv: list[str]) -> int:
@@ -75,9 +91,9 @@ def _devices(argv: list[str]) -> int:
                         help="filter, e.g. chipset:qualcomm-snapdragon-8gen2 (repeatable)")
     parser.add_argument("--refresh", action="store_true", help="ignore the one-day cache")
     args = parser.parse_args(argv)
-    from buildsys.backends.aihub_devices import print_devices
+    from buildsys.backends.aihub.device_table import print_devices
 
     try:
-        return print_devices(args.attribute, refresh=args.refresh)
+        return print_devices(args.attribute, device_cache_path(), refresh=args.refresh)
     except ImportError as exc:
         raise UsageError(f"AI Hub support is not available: {exc}") from exc

@@ -25,3 +25,7 @@ class StageError(ModelbuildError):
 
 class StoreError(ModelbuildError):
     """The cache store could not be read or written (disk full, permissions, ...)."""
+
+
+class Interrupted(ModelbuildError):
+    """The user stopped the build (Ctrl-C); finished stages are stored (exit code 130)."""

@@ -27,11 +27,12 @@ class Project:
         return path
 
     def run(self, *args: str, check: bool | None = True, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """Run `python -m buildsys ARGS` in the project; check=True expects exit 0."""
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-        full_env.pop("MODELBUILD_CACHE_DIR", None)
-        result = subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=self.root,
+            timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `python -m buildsys ARGS` in the project (or `cwd`); check=True expects exit 0.
+        The caller's MODELBUILD_CACHE_DIR is dropped; `env` may set one."""
+        full_env = {k: v for k, v in os.environ.items() if k != "MODELBUILD_CACHE_DIR"}
+        full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
+        result = subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=cwd or self.root,
                                 capture_output=True, text=True, env=full_env, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"modelbuild {' '.join(args)} exited {result.returncode}\n"

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from buildsys.backends.chipsets import Chipset, lookup
+from buildsys.chipsets import Chipset, lookup
 from buildsys.errors import StageError
 
 EP_NAME = "QNNExecutionProvider"

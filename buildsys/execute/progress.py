@@ -9,8 +9,9 @@ import time
 from typing import Any, TextIO
 
 from buildsys.execute.runner import Outcome
+from buildsys.plan.status import Status
 
-SYMBOL = {"built": "✓", "cached": "·", "failed": "✗", "skipped": "-"}
+SYMBOL = {Status.BUILT: "✓", Status.CACHED: "·", Status.FAILED: "✗", Status.SKIPPED: "-"}
 
 
 class PlainProgress:
@@ -40,17 +41,17 @@ class PlainProgress:
 
     def finished(self, outcome: Outcome) -> None:
         self.done += 1
-        if outcome.status == "cached" and not self.verbose and outcome.reason == "up to date":
+        if outcome.status == Status.CACHED and not self.verbose and outcome.reason == "up to date":
             return
-        if self.quiet and outcome.status != "failed":
+        if self.quiet and outcome.status != Status.FAILED:
             return
         line = f"[{self.done}/{self.total}] {SYMBOL[outcome.status]} {outcome.status:<7} " \
                f"{outcome.stage_id}"
-        if outcome.status == "built":
+        if outcome.status == Status.BUILT:
             line += f"  {outcome.duration_s:.1f} s"
-        elif outcome.status != "cached" or outcome.reason != "up to date":
+        elif outcome.status != Status.CACHED or outcome.reason != "up to date":
             line += f"  ({outcome.error or outcome.reason})"
-        if outcome.status == "failed" and outcome.log_path:
+        if outcome.status == Status.FAILED and outcome.log_path:
             line += f"\n      log: {outcome.log_path}"
         self._write(line)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from buildsys.errors import ModelbuildError
 from buildsys.execute.runner import Outcome
+from buildsys.plan.status import OUTCOMES
 
 
 def report_dict(recipe_name: str, outcomes: dict[str, Outcome], wall_s: float,
@@ -46,11 +47,10 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 def summary_line(outcomes: dict[str, Outcome], wall_s: float) -> str:
-    counts = {s: 0 for s in ("built", "cached", "failed", "skipped")}
+    counts = dict.fromkeys(OUTCOMES, 0)
     for o in outcomes.values():
         counts[o.status] += 1
-    return (f"{counts['built']} built, {counts['cached']} cached, {counts['failed']} failed, "
-            f"{counts['skipped']} skipped in {wall_s:.1f} s")
+    return ", ".join(f"{n} {status}" for status, n in counts.items()) + f" in {wall_s:.1f} s"
 
 
 def device_summary(outcomes: dict[str, Outcome], kinds: dict[str, str]) -> str:

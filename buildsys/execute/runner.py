@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from buildsys.errors import ModelbuildError, StoreError
+from buildsys.errors import Interrupted, ModelbuildError, StoreError
 from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
@@ -32,10 +32,11 @@ from buildsys.plan.planner import (
     resolve_input_digests,
     upstream_keys,
 )
+from buildsys.plan.status import Status
 from buildsys.stages import stage_class
 from buildsys.store.store import Store
 
-BUILT, FAILED = "built", "failed"
+BUILT, FAILED = Status.BUILT, Status.FAILED
 LOG_TAIL = 20_000
 # Remote stages (AI Hub jobs) waiting at once, besides the -j local ones: each is an idle
 # worker process polling a service, and the service runs the jobs in parallel on its devices.
@@ -45,7 +46,7 @@ REMOTE_JOBS = 16
 @dataclass
 class Outcome:
     stage_id: str
-    status: str  # built | cached | failed | skipped
+    status: Status  # built | cached | failed | skipped
     reason: str
     key: str | None = None
     record: dict[str, Any] | None = None
@@ -71,6 +72,7 @@ class Progress(Protocol):
 class ExecuteOptions:
     build_dir: Path
     project_dir: Path
+    release_dir: Path | None = None  # where stages with `publish` set also place their outputs
     jobs: int = 1
     keep_going: bool = False
     # Run stages in this process (one at a time) instead of worker processes: for tests that
@@ -80,10 +82,6 @@ class ExecuteOptions:
     run_under: list[str] = field(default_factory=list)
     cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                            if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
-class Interrupted(ModelbuildError):
-    pass
 
 
 class Executor:
@@ -441,8 +439,8 @@ class Executor:
 
     def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:
         targets = [self.options.build_dir / node.id]
-        if node.publish_dir:
-            targets.append(self.options.project_dir / node.publish_dir)
+        if node.publish and self.options.release_dir is not None:
+            targets.append(self.options.release_dir)
         for base in targets:
             for name, output in record["outputs"].items():
                 dest = base / name

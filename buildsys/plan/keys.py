@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import platform
-from functools import cache
-from importlib import metadata
 from typing import Any
 
 from buildsys.hashing import digest_value
-from buildsys.numerics import ORT_KERNELS, host_kernel_class
 from buildsys.plan.node import StageNode
 from buildsys.stages import stage_class
-
-
-@cache
-def tool_version(distribution: str) -> str:
-    if distribution == "python":
-        return platform.python_version()
-    if distribution == ORT_KERNELS:
-        return host_kernel_class()
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+from buildsys.toolchain import tool_version
 
 
 def ingredients(node: StageNode, input_digests: dict[str, str],

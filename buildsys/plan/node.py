@@ -33,7 +33,7 @@ class StageNode:
     inputs: dict[str, InputRef] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()  # declared output files; a stage may write more
     timeout: float | None = None
-    publish_dir: str | None = None  # also materialise outputs here (relative to the project)
+    publish: bool = False  # also place the outputs in the recipe's release folder
     labels: dict[str, str] = field(default_factory=dict)  # model/quantization/target/device
     # Outputs that are measurements (timings): recorded, but not part of the lock's
     # reproducibility check, since no two runs time the same.

@@ -71,7 +71,7 @@ class PipelineBuilder:
 
     # --- shared stages ---------------------------------------------------------------------
     def dataset(self, dataset: str, split: str, model: str, count: int | None) -> str:
-        from buildsys.data.datasets import input_files
+        from buildsys.recipe.dataset_files import input_files
 
         spec = self.recipe.section("datasets")[dataset]
         project = self.recipe.project_dir
@@ -272,7 +272,7 @@ class PipelineBuilder:
         inputs["validation"] = OutputRef(validate_id, "validation.json")
         return self.add(StageNode(
             f"{v.model}/{v.quantization}/{v.target}/{v.device}/package", "package", params,
-            inputs, outputs=(archive,), publish_dir=self.recipe.settings["dist_dir"],
+            inputs, outputs=(archive,), publish=True,
             labels=labels))
 
     def release(self, finals: list[tuple[Variant, str | None]]) -> None:
@@ -296,12 +296,11 @@ class PipelineBuilder:
             entries.append(entry)
         if not entries:
             return
-        params = {"recipe": self.recipe.name, "variants": entries,
-                  "dist_dir": self.recipe.settings["dist_dir"]}
+        params = {"recipe": self.recipe.name, "variants": entries}
         self.add(StageNode("release/index", "release", params, inputs,
                            outputs=("index.json", "README.md"),
                            measurements=("index.json", "README.md"),
-                           publish_dir=self.recipe.settings["dist_dir"]))
+                           publish=True))
 
     def _compile_of(self, v: Variant) -> str:
         device = self.recipe.section("devices")[v.device]

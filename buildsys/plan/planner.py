@@ -17,9 +17,10 @@ import networkx as nx
 from buildsys.plan.graph import matches, topological_order
 from buildsys.plan.keys import explain_change, ingredients, stage_key
 from buildsys.plan.node import FileRef, StageNode
+from buildsys.plan.status import Status
 from buildsys.store.store import Store
 
-CACHED, RUN, SKIPPED, FAILED = "cached", "run", "skipped", "failed"
+CACHED, RUN, SKIPPED, FAILED = Status.CACHED, Status.RUN, Status.SKIPPED, Status.FAILED
 
 
 class PlanFailure(str):
@@ -30,7 +31,7 @@ class PlanFailure(str):
 @dataclass
 class PlannedStage:
     node: StageNode
-    status: str
+    status: Status
     reason: str
     key: str | None = None
     ingredients: dict[str, Any] | None = None
@@ -45,7 +46,7 @@ class Plan:
     all_stage_ids: set[str] = field(default_factory=set)  # before selection: for the lock
     stages: dict[str, PlannedStage] = field(default_factory=dict)
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for s in self.stages.values() if s.status == status)
 
 

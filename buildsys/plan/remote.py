@@ -6,8 +6,8 @@ Two different answers, because they mean different things to the user:
   on purpose; the rest of the build succeeds.
 * No API token configured, or AI Hub's host does not resolve (no network): the remote stages
   *fail* at plan time with the message that says how to fix it (the build exits 1), without
-  running; local stages still build with `--keep-going`. The only network access is one name
-  lookup.
+  running; local stages still build with `--keep-going`. The stage kind owns that check
+  (`Stage.unavailable`); the only network access is one name lookup.
 
 Either way a remote stage whose result is already in the store stays cached (the planner checks
 that first): no network or token is needed to reuse a result.
@@ -21,6 +21,7 @@ import networkx as nx
 
 from buildsys.plan.planner import PlanFailure
 from buildsys.recipe.load import Recipe
+from buildsys.stages import stage_class
 
 AIHUB_ENV = "MODELBUILD_AIHUB"
 OFF_VALUES = {"off", "0", "false", "no"}
@@ -30,20 +31,9 @@ def remote_stage_ids(graph: nx.DiGraph) -> list[str]:
     return [s for s in graph.nodes if graph.nodes[s]["node"].kind.startswith("aihub_")]
 
 
-def aihub_problem() -> str | None:
-    """Why AI Hub cannot be used from here: no API token, or its host does not resolve (no
-    network). None when it may be used. Takes a fraction of a second.
-
-    The message never contains the token (the backend never quotes the configuration file)."""
-    from buildsys.backends.aihub import check_reachable, check_token
-    from buildsys.errors import StageError
-
-    try:
-        check_token()
-        check_reachable()
-    except StageError as exc:
-        return str(exc)
-    return None
+def switched_off(offline: bool) -> bool:
+    """AI Hub is off for this build (`--offline` or MODELBUILD_AIHUB=off)."""
+    return offline or os.environ.get(AIHUB_ENV, "").strip().lower() in OFF_VALUES
 
 
 def blocked_remote_stages(recipe: Recipe, graph: nx.DiGraph, offline: bool) -> dict[str, str]:
@@ -52,8 +42,18 @@ def blocked_remote_stages(recipe: Recipe, graph: nx.DiGraph, offline: bool) -> d
     remote = remote_stage_ids(graph)
     if not remote:
         return {}
-    if offline or os.environ.get(AIHUB_ENV, "").strip().lower() in OFF_VALUES:
+    if switched_off(offline):
         reason = f"AI Hub is off (--offline or {AIHUB_ENV}=off)"
         return dict.fromkeys(remote, reason)
-    problem = aihub_problem()
-    return dict.fromkeys(remote, PlanFailure(problem)) if problem else {}
+    blocked: dict[str, str] = {}
+    problems: dict[object, str | None] = {}
+    for stage_id in remote:
+        cls = stage_class(graph.nodes[stage_id]["node"].kind)
+        # One check per implementation (every AI Hub kind shares one), not one per stage.
+        check = cls.unavailable.__func__  # type: ignore[attr-defined]
+        if check not in problems:
+            problems[check] = cls.unavailable()
+        problem = problems[check]
+        if problem:
+            blocked[stage_id] = PlanFailure(problem)
+    return blocked

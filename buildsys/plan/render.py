@@ -8,6 +8,7 @@ from typing import Any
 import networkx as nx
 
 from buildsys.plan.planner import Plan
+from buildsys.plan.status import Status
 
 
 def plan_table(plan: Plan) -> str:
@@ -15,10 +16,10 @@ def plan_table(plan: Plan) -> str:
     width = max((len(r[0]) for r in rows), default=5)
     lines = [f"{'STAGE':<{width}}  {'STATUS':<7}  REASON"]
     lines += [f"{sid:<{width}}  {status:<7}  {reason}" for sid, status, reason in rows]
-    summary = f"{plan.count('run')} to run, {plan.count('cached')} cached, " \
-              f"{plan.count('skipped')} skipped"
-    if plan.count("failed"):  # e.g. an AI Hub stage without a token: fails without running
-        summary += f", {plan.count('failed')} cannot run"
+    summary = f"{plan.count(Status.RUN)} to run, {plan.count(Status.CACHED)} cached, " \
+              f"{plan.count(Status.SKIPPED)} skipped"
+    if plan.count(Status.FAILED):  # e.g. an AI Hub stage without a token: fails without running
+        summary += f", {plan.count(Status.FAILED)} cannot run"
     lines.append(summary)
     return "\n".join(lines)
 

@@ -8,12 +8,15 @@ from typing import Any
 
 from buildsys.errors import RecipeError
 from buildsys.hashing import digest_value
+from buildsys.project import BUILD_DIR, RELEASE_DIR, find_project_root
 from buildsys.recipe.matrix import Variant, expand_builds
 from buildsys.recipe.references import reference_problems
 from buildsys.recipe.schema import schema_problems
 from buildsys.recipe.yaml_source import YamlDocument, load_yaml
 
-DEFAULT_SETTINGS = {"opset": 18, "build_dir": "build", "dist_dir": "dist", "timeouts": {}}
+# build_dir / dist_dir, when a recipe sets them, are relative to the recipe's directory;
+# by default the outputs go under the project root (see buildsys/project.py).
+DEFAULT_SETTINGS = {"opset": 18, "timeouts": {}}
 
 
 @dataclass
@@ -29,7 +32,26 @@ class Recipe:
 
     @property
     def project_dir(self) -> Path:
+        """The recipe's directory: its relative paths (files, steps, settings) start here."""
         return self.path.parent
+
+    @property
+    def project_root(self) -> Path:
+        """Where the store, build/ and release/ go (buildsys/project.py)."""
+        return find_project_root(self.project_dir)
+
+    @property
+    def build_dir(self) -> Path:
+        """Every stage's outputs and the logs: build/<recipe>/ under the project root."""
+        chosen = self.settings.get("build_dir")
+        return self.project_dir / chosen if chosen else self.project_root / BUILD_DIR / self.name
+
+    @property
+    def release_dir(self) -> Path:
+        """Release archives and the release index: release/<recipe>/ under the project root."""
+        chosen = self.settings.get("dist_dir")
+        return (self.project_dir / chosen if chosen
+                else self.project_root / RELEASE_DIR / self.name)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -165,7 +165,7 @@ class _Checker:
             path = ("devices", name)
             backend = device["backend"]
             if backend == "qnn-htp-simulator":
-                from buildsys.backends.chipsets import CHIPSETS
+                from buildsys.chipsets import CHIPSETS
 
                 known = set(CHIPSETS)
                 chipset = device.get("chipset")
@@ -199,8 +199,8 @@ class _Checker:
 
     def _dataset_files(self, name: str, dataset: dict[str, Any]) -> None:
         """Unknown sample photos, too few images for the splits: known before any stage runs."""
-        from buildsys.data.datasets import input_files
         from buildsys.errors import StageError
+        from buildsys.recipe.dataset_files import input_files
 
         try:
             input_files(dataset, self.project_dir)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import difflib
 import json
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from buildsys.recipe.yaml_source import YamlDocument, format_path
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "recipe.schema.json"
+# Shipped inside the package (a wheel has no repository around it); the copy in the
+# repository's top-level schemas/ is for editors and must stay identical (a test checks).
+SCHEMA_RESOURCE = ("schemas", "recipe.schema.json")
 
 
 @cache
 def recipe_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = resources.files("buildsys").joinpath(*SCHEMA_RESOURCE)
+    return json.loads(schema.read_text(encoding="utf-8"))
 
 
 @cache

@@ -174,6 +174,19 @@ class AIHubStage(Stage):
     tools: ClassVar[tuple[str, ...]] = TOOLS
     remote: ClassVar[bool] = True
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """No API token, or AI Hub's host does not resolve: a fraction of a second, one name
+        lookup. The message never contains the token (the backend never quotes its config)."""
+        from buildsys.backends.aihub import check_reachable, check_token
+
+        try:
+            check_token()
+            check_reachable()
+        except StageError as exc:
+            return str(exc)
+        return None
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         with _backend_messages_in_log():
             return self._run(ctx)

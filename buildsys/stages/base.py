@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from buildsys.errors import StageError
+from buildsys.numerics import ORT_KERNELS
 
 
 class CheckFailed(StageError):
@@ -100,6 +101,19 @@ class Stage:
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
         """Distributions whose versions change this stage's output (may depend on params)."""
         return cls.tools
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why stages of this kind cannot run from here (e.g. a remote service without a
+        token or network), asked once per build before anything runs; None when they can."""
+        return None
+
+    @classmethod
+    def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """Distributions this stage imports when it runs; the planner fails a build that
+        needs one that is not installed, naming the extra to install (see toolchain.py)."""
+        return tuple(name for name in cls.tool_names(params)
+                     if name not in ("python", ORT_KERNELS))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError

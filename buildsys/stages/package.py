@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from buildsys.hashing import canonical_json, digest_file
-from buildsys.plan.keys import tool_version
 from buildsys.stages._common import PYTHON_TOOLS, read_json
 from buildsys.stages.base import Stage, StageContext
+from buildsys.toolchain import tool_version
 
 MANIFEST_TOOLS = ("torch", "onnx", "onnxruntime", "onnxruntime-qnn", "aimet-torch",
                   "litert-torch")
@@ -42,6 +42,10 @@ class PackageStage(Stage):
     version: ClassVar[str] = "1"
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, *MANIFEST_TOOLS)
     wants_upstream_keys: ClassVar[bool] = True
+
+    @classmethod
+    def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return ()  # the toolchains' versions go into the manifest; packaging imports none
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         params = ctx.params

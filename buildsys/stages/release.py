@@ -1,4 +1,5 @@
-"""The release index over every packaged variant: dist/index.json and a README table.
+"""The release index over every packaged variant: index.json and a README table (published in
+the recipe's release folder, release/<recipe>/ by default).
 
 It gathers measured figures (latency, where it ran), so unlike the archives it is not
 expected to be byte-identical across machines; it is listed as a measurement in the lock.
@@ -21,6 +22,10 @@ class ReleaseIndexStage(Stage):
     kind: ClassVar[str] = "release"
     version: ClassVar[str] = "1"
     tools: ClassVar[tuple[str, ...]] = PYTHON_TOOLS
+
+    @classmethod
+    def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return ()  # JSON and text only
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         rows = [self._row(ctx, entry) for entry in ctx.params["variants"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -28,8 +29,10 @@ def human(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def run(args: argparse.Namespace) -> int:
-    store = Store(default_cache_dir(Path.cwd(), args.cache_dir))
+def run(args: argparse.Namespace, project_root: Path) -> int:
+    """`project_root`: the project the store belongs to (where gc looks for lock files)."""
+    args.lock = list(args.lock) or default_lock_files(project_root)
+    store = Store(default_cache_dir(project_root, args.cache_dir))
     try:
         return {"info": info, "verify": verify, "gc": gc}[args.action](store, args)
     finally:
@@ -68,10 +71,22 @@ def verify(store: Store, args: argparse.Namespace) -> int:
     return 1 if bad_blobs or broken or index_problems else 0
 
 
-def _lock_files(args: argparse.Namespace) -> list[Path]:
-    if args.lock:
-        return list(args.lock)
-    return sorted([*Path.cwd().glob("*.lock"), *Path.cwd().glob("recipes/*.lock")])
+# Not searched for lock files: generated or third-party trees (hidden ones are skipped too).
+UNSEARCHED = {"build", "release", "dist", "node_modules", "__pycache__"}
+
+
+def default_lock_files(root: Path) -> list[Path]:
+    """Every recipe's lock file in the project (`<name>.lock` beside `<name>.yaml`): the store
+    is shared by all of them, so gc must keep what any of them references."""
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in UNSEARCHED]
+        for name in files:
+            path = Path(directory) / name
+            if path.suffix == ".lock" and any(path.with_suffix(s).is_file()
+                                              for s in (".yaml", ".yml")):
+                found.append(path)
+    return sorted(found)
 
 
 def gc(store: Store, args: argparse.Namespace) -> int:
@@ -79,7 +94,7 @@ def gc(store: Store, args: argparse.Namespace) -> int:
 
     With --max-size, also drop the oldest kept records until the store fits.
     """
-    keep_keys = {entry["key"] for lock in _lock_files(args) for entry in read_lock(lock).values()
+    keep_keys = {entry["key"] for lock in args.lock for entry in read_lock(lock).values()
                  if isinstance(entry, dict) and "key" in entry}
     records = store.index.records()
     removed = 0

@@ -24,7 +24,7 @@ from qai_hub.client import InternalError, UserError, _profile_pb_to_python_dict
 import buildsys.stages.aihub as aihub_stages
 from buildsys.backends.aihub import AIHubClient
 from buildsys.build import BuildOptions, run_build
-from buildsys.execute.runner import Interrupted
+from buildsys.errors import Interrupted
 from buildsys.recipe.load import load_recipe
 
 FAKE_TOKEN = "tokE3b1c9d8a7f6e5d4c3b2a1908f7e6d5SECRETXYZ"
@@ -335,7 +335,7 @@ def test_compile_infer_validate_on_a_named_device_then_fully_cached(
     # (the two validations see identical outputs here: the second is an early-cutoff hit)
     assert of_status(stages, "built") | of_status(stages, "cached") == set(stages)
     assert {COMPILE_TFLITE, COMPILE_QNN, INFER_TFLITE, INFER_QNN} <= of_status(stages, "built")
-    build_dir = isolated / "build"
+    build_dir = isolated / "build" / "hubtest"
 
     job = json.loads((build_dir / COMPILE_TFLITE / "job.json").read_text())
     assert job["runtime"] == "tflite"
@@ -405,10 +405,10 @@ def test_quantize_job_and_dlc_and_device_by_attributes(
     assert quantize.kwargs["activations_dtype"] == qai_hub.QuantizeDtype.INT8
     calibration = fake.datasets[id(quantize.kwargs["calibration_data"])]
     assert len(calibration["image"]) == 4
-    exported = (isolated / "build/tiny/export/model.onnx").read_bytes()
-    assert (isolated / "build/tiny/hub8/quantize/model.onnx").read_bytes() == exported
+    exported = (isolated / "build/hubtest/tiny/export/model.onnx").read_bytes()
+    assert (isolated / "build/hubtest/tiny/hub8/quantize/model.onnx").read_bytes() == exported
     assert stages["tiny/hub8/quantize"]["metrics"]["engine"] == "aihub"
-    job = json.loads((isolated / "build/tiny/hub8/dlc@gen3/compile/job.json").read_text())
+    job = json.loads((isolated / "build/hubtest/tiny/hub8/dlc@gen3/compile/job.json").read_text())
     assert job["device"]["name"] == "Samsung Galaxy S24"
     assert job["model"] == ["model.dlc"]
     fake.hub.get_devices.assert_any_call(
@@ -425,12 +425,12 @@ def test_link_target_compiles_a_dlc_then_links_it_into_a_context_binary(
     assert compile_call.kwargs["options"].startswith("--target_runtime qnn_dlc")
     link_call = fake.hub.submit_link_job.call_args
     compile_job = json.loads(
-        (isolated / "build/tiny/w8a8/linked@s23/compile/job.json").read_text())
+        (isolated / "build/hubtest/tiny/w8a8/linked@s23/compile/job.json").read_text())
     compiled_model = fake.jobs[compile_job["job_id"]].get_target_model.return_value
     assert link_call.kwargs["models"] == [compiled_model]
     assert link_call.kwargs["device"] == qai_hub.Device("Samsung Galaxy S23", "14")
     assert link_call.kwargs["options"] == "--qnn_options default_graph_htp_optimization_value=3"
-    link_dir = isolated / "build/tiny/w8a8/linked@s23/link"
+    link_dir = isolated / "build/hubtest/tiny/w8a8/linked@s23/link"
     link_job = json.loads((link_dir / "job.json").read_text())
     assert link_job["runtime"] == "qnn_context_binary"
     assert link_job["linked"] == [compile_job["job_id"]]
@@ -457,7 +457,7 @@ def test_build_ends_with_the_on_device_summary_per_variant(
         rows = [line for line in err.splitlines() if line.startswith("  tiny/w8a8/")]
         assert len(rows) == 2, err
         tflite = next(r for r in rows if r.startswith("  tiny/w8a8/tflite/s23"))
-        psnr = json.loads((isolated / "build/tiny/w8a8/tflite/s23/validate/validation.json")
+        psnr = json.loads((isolated / "build/hubtest/tiny/w8a8/tflite/s23/validate/validation.json")
                           .read_text())["outputs"]["logits"]["psnr_db"]
         for shown in ("Samsung Galaxy S23", "tflite", "0.812 ms", "1-3 MB", "3/0/1",
                       f"{psnr:.1f} dB", f"{WEB_URL}/jobs/"):
@@ -501,7 +501,7 @@ def test_interrupted_wait_resumes_the_same_job(
         build(isolated, builds)
     assert fake.hub.submit_compile_job.call_count == 1
     (job_id,) = fake.jobs
-    assert not (isolated / "build" / COMPILE_TFLITE).exists()  # nothing half-stored
+    assert not (isolated / "build" / "hubtest" / COMPILE_TFLITE).exists()  # nothing half-stored
 
     # Re-run: the job is still optimizing on AI Hub, then finishes. No second submit.
     fake.jobs[job_id].get_status.side_effect = None
@@ -516,7 +516,7 @@ def test_interrupted_wait_resumes_the_same_job(
     assert fake.hub.submit_compile_job.call_count == 0
     assert fake.hub.upload_model.call_count == 0
     fake.hub.get_job.assert_any_call(job_id)
-    job = json.loads((isolated / "build" / COMPILE_TFLITE / "job.json").read_text())
+    job = json.loads((isolated / "build" / "hubtest" / COMPILE_TFLITE / "job.json").read_text())
     assert job["job_id"] == job_id
     assert fake.sleeps == [5.0]  # one poll interval while it was RUNNING
 
@@ -543,7 +543,7 @@ def test_job_still_running_past_the_wait_limit_is_picked_up_next_time(
     code, stages = build(isolated, builds)
     assert code == 0
     assert fake.hub.submit_compile_job.call_count == 0
-    assert json.loads((isolated / "build" / COMPILE_QNN / "job.json").read_text())[
+    assert json.loads((isolated / "build" / "hubtest" / COMPILE_QNN / "job.json").read_text())[
         "job_id"] == job_id
 
 
@@ -560,7 +560,7 @@ def test_failed_job_reports_message_and_link_then_resubmits(
     assert "op 'Foo' is not supported on HTP" in error
     assert f"{WEB_URL}/jobs/{job_id}/" in error
     assert stages[INFER_QNN]["status"] == "skipped"
-    assert not (isolated / "build" / COMPILE_QNN).exists()
+    assert not (isolated / "build" / "hubtest" / COMPILE_QNN).exists()
 
     fake.statuses.clear()
     code, _ = build(isolated, builds)
@@ -668,7 +668,7 @@ def test_token_never_lands_in_outputs_logs_or_store(
     fake.statuses.clear()
     assert build(isolated, W8A8_BOTH)[0] == 0
 
-    logs = list((isolated / "build" / "logs").glob("*.log"))
+    logs = list((isolated / "build" / "hubtest" / "logs").glob("*.log"))
     assert any("retry 1/4" in p.read_text() for p in logs)  # the echo went through a log
     needle = token.encode()
     scanned = 0
@@ -781,6 +781,6 @@ def test_example_recipe_builds_against_the_fake_service(
     assert {c.kwargs["device"].name for c in fake.hub.submit_compile_job.call_args_list} == {
         "Samsung Galaxy S23"}
     for target in ("tflite", "qnn"):
-        validation = json.loads((isolated / "build" / f"tiny/w8a8/{target}/galaxy-s23/validate"
-                                 / "validation.json").read_text())
+        validation = json.loads((isolated / "build" / "aihub_tiny" / "tiny" / "w8a8" / target
+                                 / "galaxy-s23/validate/validation.json").read_text())
         assert validation["passed"]

@@ -792,10 +792,10 @@ def test_missing_token_fails_fast_without_touching_the_hub(home: Path, sleeps: S
 def test_config_location_matches_qai_hub(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from qai_hub.api_utils import get_config_path
 
-    assert aihub._config_path() == Path(get_config_path())
+    assert aihub.config.config_path() == Path(get_config_path())
     custom = home / "elsewhere" / "hub.ini"
     monkeypatch.setenv("QAIHUB_CLIENT_INI", str(custom))
-    assert aihub._config_path() == Path(get_config_path()) == custom
+    assert aihub.config.config_path() == Path(get_config_path()) == custom
     with pytest.raises(StageError, match=CONFIGURE_HINT.replace("<", ".").replace(">", ".")):
         check_token()
     write_config(custom)

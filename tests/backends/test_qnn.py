@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from buildsys.backends import chipsets, qnn
+from buildsys import chipsets
+from buildsys.backends import qnn
 from buildsys.errors import StageError
 
 needs_qnn = pytest.mark.skipif(not qnn.is_available(), reason="onnxruntime-qnn not usable here")

@@ -45,7 +45,7 @@ def test_second_run_executes_nothing(project: Project) -> None:
     make(project)
     first = project.build()
     assert statuses(first, "built") == ALL
-    assert (project.root / "build/steps/report/r.txt").read_text() == "n=5"
+    assert (project.root / "build/demo/steps/report/r.txt").read_text() == "n=5"
     second = project.build()
     assert statuses(second, "built") == set()
     assert statuses(second, "cached") == ALL
@@ -113,7 +113,7 @@ def test_force_reruns_and_cuts_off(project: Project) -> None:
 def test_outputs_are_read_only_hardlinks_of_the_store(project: Project) -> None:
     make(project)
     project.build()
-    out = project.root / "build/steps/upper/up.txt"
+    out = project.root / "build/demo/steps/upper/up.txt"
     assert not os.access(out, os.W_OK) or os.geteuid() == 0
     assert out.stat().st_mode & 0o222 == 0
     assert out.stat().st_nlink >= 2
@@ -122,13 +122,13 @@ def test_outputs_are_read_only_hardlinks_of_the_store(project: Project) -> None:
 def test_corrupt_blob_is_detected_and_rebuilt(project: Project) -> None:
     make(project)
     project.build()
-    blob = project.root / "build/steps/upper/up.txt"  # a hardlink: same bytes as the blob
+    blob = project.root / "build/demo/steps/upper/up.txt"  # a hardlink: same bytes as the blob
     os.chmod(blob, 0o644)
     blob.write_text("HELLX")  # same size, different bytes
     report = project.build()
     assert "steps/upper" in statuses(report, "built")
     assert "corrupt" in report["process"].stderr
-    assert (project.root / "build/steps/upper/up.txt").read_text() == "HELLO"
+    assert (project.root / "build/demo/steps/upper/up.txt").read_text() == "HELLO"
     assert statuses(project.build(), "built") == set()
 
 
@@ -140,7 +140,7 @@ def test_deleted_blob_is_rebuilt(project: Project) -> None:
             blob.unlink()
     report = project.build()
     assert statuses(report, "built") == {"steps/count"}
-    assert (project.root / "build/steps/count/n.txt").read_text() == "5"
+    assert (project.root / "build/demo/steps/count/n.txt").read_text() == "5"
 
 
 def test_lock_file_and_check(project: Project) -> None:
@@ -208,7 +208,7 @@ def test_two_concurrent_builds_share_one_store(project: Project) -> None:
                               env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    assert (project.root / "build/steps/report/r.txt").read_text() == "n=5"
+    assert (project.root / "build/demo/steps/report/r.txt").read_text() == "n=5"
     assert project.run("cache", "verify", "--cache-dir", str(project.cache)).returncode == 0
     assert statuses(project.build(), "built") == set()
 
@@ -230,7 +230,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(project: Project) -> None:
     proc = subprocess.Popen([PY, "-c", LIKE_A_TERMINAL, "-m", "buildsys", "recipe.yaml", "-j",
                              "2"], cwd=project.root, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not (project.root / "build/steps/report/r.txt").exists():
+    while not (project.root / "build/demo/steps/report/r.txt").exists():
         assert time.monotonic() < deadline, "chain did not finish"
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)

@@ -30,7 +30,7 @@ def _waiting_steps(project: Project, names: list[str]) -> Path:
 
 
 def _interval(project: Project, name: str) -> tuple[float, float]:
-    start, end = json.loads((project.root / f"build/steps/{name}/{name}.json").read_text())
+    start, end = json.loads((project.root / f"build/waits/steps/{name}/{name}.json").read_text())
     return start, end
 
 
@@ -75,7 +75,7 @@ def test_a_running_stage_status_reaches_the_progress_output(project: Project) ->
     stderr = project.build()["process"].stderr
     assert "steps/slow: job j123 on Galaxy S23: RUNNING https://example/jobs/j123" in stderr
     # Not an output: the status file never reaches the build directory or the store's record.
-    assert sorted(p.name for p in (project.root / "build/steps/slow").iterdir()) == ["s.txt"]
+    assert sorted(p.name for p in (project.root / "build/status/steps/slow").iterdir()) == ["s.txt"]
 
 
 def _run_on_a_terminal(project: Project, *args: str) -> str:

@@ -44,7 +44,7 @@ def test_small_ffnet_builds_validates_and_packages(project: Project) -> None:
     project.write("recipe.yaml", RECIPE)
     report = project.build()
     assert report["ok"], report["process"].stderr
-    index = json.loads((project.root / "dist" / "index.json").read_text())
+    index = json.loads((project.root / "release" / "ffnet_small" / "index.json").read_text())
     rows = {r["id"]: r for r in index["variants"]}
     assert set(rows) == {"ffnet_78s_lowres/float/onnx/host", "ffnet_78s_lowres/w8a8/onnx/host",
                          "ffnet_78s_lowres/w8a8/qnn/sim"}

@@ -36,7 +36,9 @@ def test_tflite_variant_builds_and_matches_torch(project: Project) -> None:
     project.write("recipe.yaml", RECIPE)
     report = project.build()
     assert report["ok"], report["process"].stderr
-    row = json.loads((project.root / "dist" / "index.json").read_text())["variants"][0]
+    index = project.root / "release" / "tiny_tflite" / "index.json"
+    row = json.loads(index.read_text())["variants"][0]
     assert row["psnr_db"]["logits"] > 60
     assert "LiteRT" in row["latency_where"]
-    assert (project.root / "build/tiny/float/tflite/compile/model.tflite").stat().st_size > 0
+    compiled = project.root / "build/tiny_tflite/tiny/float/tflite/compile/model.tflite"
+    assert compiled.stat().st_size > 0

@@ -33,7 +33,7 @@ def test_cold_build_produces_every_variant(built: tuple[Project, dict]) -> None:
     project, report = built
     assert report["ok"], report["process"].stderr
     assert statuses(report, "failed") == set()
-    dist = project.root / "dist"
+    dist = project.root / "release" / "tiny"
     archives = sorted(p.name for p in dist.glob("*.tar.gz"))
     assert archives == sorted(f"tiny-{v.replace('/', '-')}.tar.gz" for v in VARIANTS)
     index = json.loads((dist / "index.json").read_text())
@@ -50,7 +50,7 @@ def test_cold_build_produces_every_variant(built: tuple[Project, dict]) -> None:
 
 def test_archive_holds_model_and_manifest(built: tuple[Project, dict]) -> None:
     project, _ = built
-    archive = project.root / "dist" / "tiny-tiny-w8a8-qnn-sm8550-sim.tar.gz"
+    archive = project.root / "release" / "tiny" / "tiny-tiny-w8a8-qnn-sm8550-sim.tar.gz"
     with tarfile.open(archive) as tar:
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
@@ -109,12 +109,12 @@ def test_threshold_failure_names_variant_and_figure(built: tuple[Project, dict])
 def test_clean_builds_in_two_directories_give_identical_archives(
         built: tuple[Project, dict], tmp_path: Path) -> None:
     first, _ = built
-    assert first.build()["ok"]  # earlier tests edited the recipe: bring dist/ back to it
+    assert first.build()["ok"]  # earlier tests edited the recipe: bring release/ back to it
     other = tiny_project(tmp_path / "elsewhere")
     report = other.build()
     assert report["ok"], report["process"].stderr
-    for archive in sorted((first.root / "dist").glob("*.tar.gz")):
-        twin = other.root / "dist" / archive.name
+    for archive in sorted((first.root / "release" / "tiny").glob("*.tar.gz")):
+        twin = other.root / "release" / "tiny" / archive.name
         assert twin.read_bytes() == archive.read_bytes(), archive.name
     assert (other.root / "recipe.lock").exists()
     # and the lock agrees with a from-scratch rebuild: the reproducibility gate

@@ -52,12 +52,13 @@ def chain_stage_ids(steps: int = 15) -> set[str]:
 
 
 def file_digests(root: Path, sub: str = "build") -> dict[str, str]:
-    """sha256 of every regular file under root/sub (logs excluded: they are not artifacts)."""
+    """sha256 of every regular file under root/sub, the build folders of every recipe built
+    there (`build/<recipe>/`); logs are excluded: they are not artifacts."""
     base = root / sub
     out = {}
     for path in sorted(base.rglob("*")):
         rel = path.relative_to(base).as_posix()
-        if path.is_file() and not rel.startswith("logs/"):
+        if path.is_file() and "logs" not in rel.split("/")[:2]:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 

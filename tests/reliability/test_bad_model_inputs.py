@@ -61,7 +61,7 @@ def export_fails(project: Project, *words: str) -> str:
         assert word in failed["tiny/export"], failed["tiny/export"]
     assert ".cache/tmp" not in failed["tiny/export"]  # the user's file, not a scratch copy
     assert "tiny/export" not in stored_records(project.cache)
-    assert not (project.root / "build" / "tiny" / "export").exists()
+    assert not (project.root / "build" / "bad" / "tiny" / "export").exists()
     return failed["tiny/export"]
 
 
@@ -72,7 +72,7 @@ def load_error(project: Project, *words: str) -> str:
     for word in words:
         assert word in process.stderr, process.stderr
     assert not any((project.root / name).exists() for name in
-                   (".cache", "build", "dist", "recipe.lock"))
+                   (".cache", "build", "release", "recipe.lock"))
     return process.stderr
 
 

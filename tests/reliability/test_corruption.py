@@ -160,7 +160,7 @@ def test_blob_damaged_while_the_build_runs_fails_clearly(built: Project,
         assert "l.txt from steps/left is missing or corrupt" in both["error"]
     assert "Traceback" not in stderr
     again = built.build()  # whatever happened, the next build puts it right
-    assert (built.root / "build/steps/left/l.txt").read_text() == "abcdefgh" * 50
+    assert (built.root / "build/store/steps/left/l.txt").read_text() == "abcdefgh" * 50
     assert again["ok"]
 
 
@@ -262,8 +262,8 @@ def test_a_record_altered_to_point_at_another_blob_is_not_trusted(
                 (rows[0][1].replace(left, right), rows[0][0]))
     con.commit()
     con.close()
-    (built.root / "build/steps/left/l.txt").unlink()
+    (built.root / "build/store/steps/left/l.txt").unlink()
     report = built.build(check=False)
-    assert (built.root / "build/steps/left/l.txt").read_text() == "abcdefgh" * 50
+    assert (built.root / "build/store/steps/left/l.txt").read_text() == "abcdefgh" * 50
     assert report["ok"] and statuses(report, "built") == {"steps/left"}
     assert_like_reference(built, reference)

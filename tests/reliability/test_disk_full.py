@@ -111,7 +111,7 @@ def assert_clean_failure(project: Project, report: dict, message: str,
 def assert_recovers(project: Project) -> None:
     report = project.build("recipe.yaml")
     assert statuses(report, "built") == {"steps/big", "steps/after_big"}
-    assert (project.root / "build/steps/after_big/n.txt").read_text() == str(BIG)
+    assert (project.root / "build/full/steps/after_big/n.txt").read_text() == str(BIG)
     assert cache_verify(project.root).returncode == 0
 
 
@@ -139,11 +139,11 @@ def test_real_full_disk_while_storing_a_blob(small_disk: Path, tmp_path: Path) -
                            str(small_disk), check=False)
     assert statuses(report, "built") == {"steps/small"}
     assert_clean_failure(project, report, "disk full while storing big.bin")
-    assert not (project.root / "build/steps/big").exists()
+    assert not (project.root / "build/full/steps/big").exists()
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
     report = project.build("recipe.yaml", "--cache-dir", str(small_disk))
     assert statuses(report, "built") == {"steps/big", "steps/after_big"}
-    assert (project.root / "build/steps/after_big/n.txt").read_text() == str(BIG)
+    assert (project.root / "build/full/steps/after_big/n.txt").read_text() == str(BIG)
 
 
 def test_injected_enospc_while_storing_a_blob(project: Project) -> None:

@@ -75,7 +75,7 @@ def test_input_edited_before_its_stage_starts(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=60)
     lock = lock_stages(root)
     if process.returncode == 0:  # it used the snapshot it planned with
-        assert (root / "build/steps/late/late.txt").read_text() == "one"
+        assert (root / "build/edits/steps/late/late.txt").read_text() == "one"
         assert lock == before.lock
     else:  # or it failed, clearly, and recorded nothing made from a mix
         assert process.returncode == 1
@@ -83,7 +83,7 @@ def test_input_edited_before_its_stage_starts(tmp_path: Path) -> None:
         assert "steps/late" not in stored_records(root / ".cache")
         assert all(lock[s] == before.lock[s] for s in lock), "the lock mixes two snapshots"
     report = project.build()
-    assert (root / "build/steps/late/late.txt").read_text() == "two"
+    assert (root / "build/edits/steps/late/late.txt").read_text() == "two"
     assert lock_stages(root) == after.lock
     assert statuses(report, "cached") == {"steps/slow"}
 
@@ -109,14 +109,14 @@ def test_file_read_directly_and_edited_while_its_stage_runs(tmp_path: Path) -> N
     assert process.returncode == 1, stderr
     assert "data.txt changed during the build, while the stage ran" in stderr
     assert "steps/reader" not in stored_records(root / ".cache")
-    assert not (root / "build/steps/reader/out.txt").exists()
+    assert not (root / "build/direct/steps/reader/out.txt").exists()
     # with the file left alone, the stage records what it read ...
     project.build()
-    assert (root / "build/steps/reader/out.txt").read_text() == "new"
+    assert (root / "build/direct/steps/reader/out.txt").read_text() == "new"
     # ... and going back to the old bytes never brings back the new bytes' output
     project.write("data.txt", "old")
     project.build()
-    assert (root / "build/steps/reader/out.txt").read_text() == "old"
+    assert (root / "build/direct/steps/reader/out.txt").read_text() == "old"
 
 
 def test_recipe_edited_while_stages_run(tmp_path: Path) -> None:
@@ -139,11 +139,11 @@ def test_recipe_edited_while_stages_run(tmp_path: Path) -> None:
     project.write("recipe.yaml", recipe("B"))
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert (root / "build/steps/after/after.txt").read_text() == "Aslow"  # the snapshot
+    assert (root / "build/edits/steps/after/after.txt").read_text() == "Aslow"  # the snapshot
     assert lock_stages(root) == before.lock
     report = project.build()
     assert statuses(report, "built") == {"steps/after"}
-    assert (root / "build/steps/after/after.txt").read_text() == "Bslow"
+    assert (root / "build/edits/steps/after/after.txt").read_text() == "Bslow"
     assert lock_stages(root) == after.lock
 
 
@@ -160,7 +160,7 @@ def test_two_stages_reading_one_file_see_the_same_bytes(tmp_path: Path) -> None:
     project.write("c.txt", "one")
     process = start_build(root, "-j", "2")
     wait_for(marker)
-    early = root / "build/steps/early/early.txt"
+    early = root / "build/edits/steps/early/early.txt"
     deadline = time.monotonic() + 30
     while not early.exists():  # `early` has stored c.txt's snapshot
         assert time.monotonic() < deadline
@@ -170,13 +170,13 @@ def test_two_stages_reading_one_file_see_the_same_bytes(tmp_path: Path) -> None:
     assert early.read_text() == "one"
     lock = lock_stages(root)
     if process.returncode == 0:  # both used the snapshot planned with
-        assert (root / "build/steps/late/late.txt").read_text() == "one"
+        assert (root / "build/edits/steps/late/late.txt").read_text() == "one"
         assert lock == before.lock
     else:  # or `late` refused to run on a file changed since planning
         assert "c.txt changed during the build; run again" in stderr, stderr
-        assert not (root / "build/steps/late").exists()
+        assert not (root / "build/edits/steps/late").exists()
         assert "steps/late" not in stored_records(root / ".cache")
         assert all(lock[s] == before.lock[s] for s in lock), "the lock mixes two snapshots"
     project.build()
-    assert early.read_text() == (root / "build/steps/late/late.txt").read_text() == "two"
+    assert early.read_text() == (root / "build/edits/steps/late/late.txt").read_text() == "two"
     assert lock_stages(root) == after.lock

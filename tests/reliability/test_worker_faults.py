@@ -90,7 +90,7 @@ def test_failed_stage_keeps_its_log(crashed: tuple[Project, dict, float], name: 
     project, report, _ = crashed
     stage = next(s for s in report["stages"] if s["id"] == f"steps/{name}")
     log = Path(stage["log"])
-    assert log.is_relative_to(project.root / "build" / "logs")
+    assert log.is_relative_to(project.root / "build" / "faults" / "logs")
     assert f"before {name}" in log.read_text()
 
 
@@ -99,7 +99,7 @@ def test_nothing_recorded_for_failed_stages_and_nothing_left_running(
     project, _, wall = crashed
     recorded = set(stored_records(project.cache))
     assert recorded == {"steps/ok_first", "steps/ok_second"}
-    assert not any((project.root / "build" / "steps" / name).exists() for name in FAULTS)
+    assert not any((project.root / "build" / "faults" / "steps" / name).exists() for name in FAULTS)
     assert processes_under(project.root) == []  # the hung steps' whole process groups died
     assert wall < 30  # the two 1 s timeouts did their job
 
@@ -110,7 +110,7 @@ def test_after_fixing_only_the_failed_stages_run(crashed: tuple[Project, dict, f
     report = project.build("recipe.yaml", "-j", "2")
     assert statuses(report, "cached") == {"steps/ok_first", "steps/ok_second"}
     assert statuses(report, "built") == {f"steps/{n}" for n in FAULTS} | {"steps/after_segfault"}
-    assert (project.root / "build/steps/worker_hangs/worker_hangs.txt").read_text() == \
+    assert (project.root / "build/faults/steps/worker_hangs/worker_hangs.txt").read_text() == \
         "worker_hangs"
 
 

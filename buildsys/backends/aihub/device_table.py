@@ -1,8 +1,7 @@
-"""`modelbuild devices`: the AI Hub devices a recipe can name, cached for a day.
+"""`modelbuild devices`: the table of AI Hub devices a recipe can name (cached for a day).
 
-The list is kept in `<store>/aihub/devices.json`, where `<store>` is the default store of the
-current directory (`.cache/`) or `$MODELBUILD_CACHE_DIR`. It holds device names, OS versions and
-attributes only (never the API token).
+The caller says where the list is kept (`modelbuild devices`: `<store>/aihub/devices.json`).
+It holds device names, OS versions and attributes only (never the API token).
 """
 
 from __future__ import annotations
@@ -14,16 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from buildsys.errors import StageError
 
 if TYPE_CHECKING:
-    from buildsys.backends.aihub import DeviceInfo
-
-CACHE_NAME = Path("aihub") / "devices.json"
-
-
-def device_cache_path(cwd: Path | None = None) -> Path:
-    from buildsys.store.store import default_cache_dir
-
-    return default_cache_dir(cwd or Path.cwd()) / CACHE_NAME
-
+    from buildsys.backends.aihub.devices import DeviceInfo
 
 def device_table(devices: list[DeviceInfo]) -> str:
     """Name, OS, chipset, form factor and frameworks: enough to write a recipe's device."""
@@ -46,14 +36,13 @@ def _attribute_values(attributes: list[str]) -> dict[str, list[str]]:
     return values
 
 
-def print_devices(attributes: list[str], refresh: bool = False, *, client: Any = None,
-                  stream: TextIO | None = None, cache_path: Path | None = None) -> int:
+def print_devices(attributes: list[str], cache: Path, refresh: bool = False, *,
+                  client: Any = None, stream: TextIO | None = None) -> int:
     """Print the AI Hub devices having all `attributes`; exit code 0, or 1 with a message
     (no token, AI Hub unreachable, unknown attribute)."""
-    from buildsys.backends.aihub import AIHubClient
+    from buildsys.backends.aihub.client import AIHubClient
 
     out = stream or sys.stdout
-    cache = cache_path or device_cache_path()
     client = client or AIHubClient()
     try:
         client.check_token()

@@ -1,0 +1,61 @@
+"""The toolchains a build may need: their installed versions, and the extra that installs each.
+
+`pip install modelbuild` is the engine alone (recipe, plan, store, executor, command steps);
+every ML toolchain comes with an extra (`pip install 'modelbuild[torch]'`). A stage kind names
+the distributions it imports (`Stage.requirements`); the planner asks `missing_extras` before
+anything runs, so a recipe that needs an absent toolchain fails at plan time naming the extra.
+
+Versions are read from installed distribution metadata: nothing here imports a toolchain.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from functools import cache
+from importlib import metadata
+
+from buildsys.numerics import ORT_KERNELS, host_kernel_class
+
+NOT_INSTALLED = "not installed"
+
+# Distribution -> the extra of pyproject.toml that installs it (a test keeps the two in step).
+EXTRA_FOR: dict[str, str] = {
+    "numpy": "onnx",
+    "pillow": "onnx",
+    "scikit-image": "onnx",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "torch": "torch",
+    "onnxruntime-qnn": "qualcomm",
+    "aimet-torch": "qualcomm",
+    "qai-hub": "qualcomm",
+    "litert-torch": "tflite",
+    "ai-edge-litert": "tflite",
+}
+
+
+@cache
+def tool_version(distribution: str) -> str:
+    """The installed version of a distribution ("python" for the interpreter)."""
+    if distribution == "python":
+        return platform.python_version()
+    if distribution == ORT_KERNELS:  # a CPU class, not a distribution (numerics.py)
+        return host_kernel_class()
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return NOT_INSTALLED
+
+
+def is_installed(distribution: str) -> bool:
+    return tool_version(distribution) != NOT_INSTALLED
+
+
+def missing_extras(distributions: Iterable[str]) -> dict[str, str]:
+    """Each distribution that is not installed -> the extra to install for it."""
+    return {d: EXTRA_FOR.get(d, d) for d in sorted(set(distributions)) if not is_installed(d)}
+
+
+def install_hint(extras: Iterable[str]) -> str:
+    return f"pip install 'modelbuild[{','.join(sorted(set(extras)))}]'"
