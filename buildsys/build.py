@@ -8,13 +8,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildsys.errors import ModelbuildError, RecipeError, StageError
+from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
 from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
-from buildsys.plan.planner import Plan, make_plan
+from buildsys.plan.planner import Plan, make_plan_with_remote
 from buildsys.recipe.load import Recipe
 from buildsys.store.lock import lock_entry, read_lock, write_lock
+from buildsys.store.remote import RemoteUnavailable
 from buildsys.store.store import Store, default_cache_dir
 
 
@@ -31,10 +32,38 @@ class BuildOptions:
     verbose: bool = False
     offline: bool = False
     inline: bool = False  # tests only: run stages in this process
+    remote: str | None = None  # remote cache URL (else $MODELBUILD_REMOTE)
+    no_remote: bool = False
+    remote_read_only: bool = False
+    remote_required: bool = False
+    summary: Path | None = None  # write the release table (Markdown) here
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
     return Store(default_cache_dir(recipe.project_dir, cache_dir))
+
+
+def attach_remote(store: Store, options: BuildOptions) -> None:
+    """Put the remote cache (--remote or $MODELBUILD_REMOTE) behind the local store."""
+    from buildsys.store.remote import RemoteTier, remote_from_env
+
+    url = None if options.no_remote else remote_from_env(options.remote)
+    if url is None:
+        if options.remote_required:
+            raise UsageError("--remote-required: no remote cache given (--remote URL or "
+                             "MODELBUILD_REMOTE)" + (", and --no-remote" if options.no_remote
+                                                     else ""))
+        return
+    store.attach_remote(RemoteTier.open(url, writable=not options.remote_read_only,
+                                        required=options.remote_required))
+
+
+def remote_failure(store: Store) -> str | None:
+    """Why the build fails because of the remote: it failed and --remote-required was given."""
+    remote = store.remote
+    if remote is not None and remote.required and remote.failure is not None:
+        return f"--remote-required: remote cache {remote.name} failed ({remote.failure})"
+    return None
 
 
 def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, str]:
@@ -49,8 +78,12 @@ def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
     except StageError as exc:  # e.g. a dataset's files, found while planning: a recipe problem
         raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
-    plan = make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
+    plan = make_plan_with_remote(graph, store, options.force,
+                                 blocked_stages(recipe, graph, options.offline))
     plan.all_stage_ids = set(full.nodes)
+    failure = remote_failure(store)
+    if failure:
+        raise RemoteUnavailable(failure)
     return plan
 
 
@@ -66,14 +99,17 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     store = open_store(recipe, options.cache_dir)
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
+        attach_remote(store, options)
         plan = plan_build(recipe, store, options)
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
+        store.on_transfer(lambda text: progress.note("remote cache", text))
         jobs = options.jobs or len(os.sched_getaffinity(0))
         executor = Executor(plan, store, ExecuteOptions(
             build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
             keep_going=options.keep_going, inline=options.inline), progress)
         try:
             outcomes = executor.run()
+            store.finish_uploads()  # before the summary: what was pushed is counted
         finally:
             progress.close()
         previous_lock = read_lock(recipe.lock_path)
@@ -84,10 +120,20 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
                 update_lock(recipe, previous_lock, plan, outcomes)
             except ModelbuildError as exc:
                 errors.append(str(exc))
+        failure = remote_failure(store)
+        if failure:
+            errors.append(failure)
         wall = time.monotonic() - started
         report = report_dict(recipe.name, outcomes, wall, mismatches)
+        if store.remote is not None:
+            report["remote"] = remote_report(store)
         if errors:
             report.update(ok=False, errors=list(errors))
+        if options.summary:
+            try:
+                write_summary(options.summary, recipe, plan, outcomes, wall)
+            except ModelbuildError as exc:
+                errors.append(str(exc))
         if options.report:
             try:
                 write_report(options.report, report)
@@ -102,6 +148,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             if on_devices:
                 print(on_devices, file=sys.stderr)
             print(summary_line(outcomes, wall), file=sys.stderr)
+            if store.remote is not None:
+                print(remote_line(report["remote"]), file=sys.stderr)
         return 0 if report["ok"] and not errors else 1
     finally:
         store.close()
@@ -154,3 +202,44 @@ def print_failures(outcomes: dict[str, Outcome], mismatches: list[str]) -> None:
                 print(f"       log: {outcome.log_path}", file=sys.stderr)
     for line in mismatches:
         print(f"error: --check: {line}", file=sys.stderr)
+
+
+def remote_report(store: Store) -> dict[str, object]:
+    remote = store.remote
+    assert remote is not None
+    return {"url": remote.name, "writable": remote.writable, "failure": remote.failure,
+            **remote.stats.as_dict()}
+
+
+def remote_line(remote: dict[str, object]) -> str:
+    from buildsys.store.remote import human_bytes
+
+    if remote["failure"]:
+        return f"remote cache {remote['url']}: not used after a failure ({remote['failure']})"
+    return (f"remote cache: {remote['records_found']} record(s) found, "
+            f"{remote['blobs_downloaded']} blob(s) ({human_bytes(remote['bytes_downloaded'])})"
+            f" downloaded, {remote['records_uploaded']} record(s) and "
+            f"{remote['blobs_uploaded']} blob(s) ({human_bytes(remote['bytes_uploaded'])}) "
+            f"uploaded, {remote['requests']} request(s)")  # type: ignore[arg-type]
+
+
+def write_summary(path: Path, recipe: Recipe, plan: Plan, outcomes: dict[str, Outcome],
+                  wall: float) -> None:
+    """`--summary FILE.md`: the release table as Markdown (for $GITHUB_STEP_SUMMARY)."""
+    from buildsys.release_summary import build_summary_markdown
+
+    release = next((s for s in plan.order if plan.stages[s].node.kind == "release"), None)
+    index_file = None
+    if release is not None and outcomes.get(release) and outcomes[release].ok:
+        node = plan.stages[release].node
+        index_file = recipe.project_dir / (node.publish_dir or "") / "index.json"
+    text = build_summary_markdown(recipe.name, index_file, summary_line(outcomes, wall))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelbuildError(f"cannot write the summary {path}: {exc.strerror or exc}") \
+            from exc

@@ -40,7 +40,8 @@ class PlainProgress:
 
     def finished(self, outcome: Outcome) -> None:
         self.done += 1
-        if outcome.status == "cached" and not self.verbose and outcome.reason == "up to date":
+        if outcome.status == "cached" and not self.verbose and \
+                outcome.reason.startswith("up to date"):
             return
         if self.quiet and outcome.status != "failed":
             return

@@ -27,8 +27,11 @@ from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
 from buildsys.plan.planner import (
     CACHED,
+    REMOTE,
+    RUN,
     SKIPPED,
     Plan,
+    remote_hit,
     resolve_input_digests,
     upstream_keys,
 )
@@ -201,6 +204,8 @@ class Executor:
                            f"upstream {failed_up[0]} {self.outcomes[failed_up[0]].status}")
         if planned.status == CACHED:
             return self._cached(stage_id, planned.key, planned.record, "up to date")
+        if planned.status == REMOTE:
+            return self._remote_hit(stage_id)
         node = planned.node
         records = {u: self.outcomes[u].record for u in self.plan.graph.predecessors(stage_id)}
         digests = resolve_input_digests(node, self.store, records)  # type: ignore[arg-type]
@@ -213,6 +218,32 @@ class Executor:
         if record is not None and not self.store.damaged_outputs(record):
             return self._cached(stage_id, planned.key, record,
                                 "early cutoff: inputs unchanged after upstream re-ran")
+        if self.store.remote_in_use():  # keyed only now: another machine may have built it
+            found = self.store.find_remote_records([planned.key])
+            if remote_hit(node, planned.key, found) and self.store.fetch(found[planned.key]):
+                return self._cached(stage_id, planned.key, found[planned.key],
+                                    "remote hit (keyed after upstream re-ran)")
+        return None
+
+    def _remote_hit(self, stage_id: str) -> Outcome | None:
+        """A stage the remote cache answered. Its blobs are downloaded only when something
+        here needs them — a stage that runs, or a final artifact (published, or a leaf of the
+        graph); otherwise only its record is used (it gives downstream stages their keys).
+        None when its blobs cannot be had after all: then it runs."""
+        planned = self.plan.stages[stage_id]
+        assert planned.key is not None and planned.record is not None
+        successors = list(self.plan.graph.successors(stage_id))
+        needed = planned.node.publish_dir is not None or not successors or any(
+            self.plan.stages[s].status == RUN for s in successors)
+        if not needed:
+            self.store.machine.set_last_key(stage_id, planned.key)
+            return Outcome(stage_id, CACHED, "up to date (on the remote cache; not "
+                           "downloaded: nothing here needs it)", planned.key, planned.record,
+                           metrics=planned.record.get("metrics", {}))
+        if self.store.fetch(planned.record):
+            return self._cached(stage_id, planned.key, planned.record, "remote hit")
+        planned.reason = "remote hit, but its outputs could not be downloaded intact"
+        planned.record = None
         return None
 
     def _cached(self, stage_id: str, key: str | None, record: dict[str, Any] | None,
@@ -222,8 +253,7 @@ class Executor:
             self._materialise(self.plan.stages[stage_id].node, record)
         except (OSError, StoreError) as exc:
             return Outcome(stage_id, FAILED, reason, key, record, error=str(exc))
-        if self.store.index.get_last_key(stage_id) != key:  # reads are cheaper than writes
-            self.store.index.set_last_key(stage_id, key)
+        self.store.machine.set_last_key(stage_id, key)
         return Outcome(stage_id, CACHED, reason, key, record, metrics=record.get("metrics", {}))
 
     # --- one stage ---------------------------------------------------------------------------
@@ -336,7 +366,7 @@ class Executor:
                "threads": threads, "cpus": cpus,
                "extras": {"sys_path": [str(self.options.project_dir)],
                           "stage_key": stage_key(parts),
-                          "store_root": str(self.store.root)}}
+                          "memo_dir": str(self.store.machine.memo_dir(stage_key(parts)))}}
         (scratch / "job.json").write_text(json.dumps(job, sort_keys=True))
         return job
 
@@ -354,7 +384,7 @@ class Executor:
             if changed:
                 raise StoreError(f"{node.id}: input {ref.path} changed during the build; "
                                  f"run again")
-        elif not self.store.blob_ok(digest):
+        elif not self.store.fetch_blob(digest, label=ref.name):  # here, or from the remote
             raise StoreError(f"{node.id}: input {ref.name} from {ref.stage} is missing or "
                              f"corrupt in the store; run again to rebuild it")
         self.store.get_blob(digest, dest, verify=False)
@@ -433,7 +463,8 @@ class Executor:
         }
         # Blobs first, record last: a record never points at bytes that are not there.
         self.store.put_record(planned.key, record)
-        self.store.index.set_last_key(node.id, planned.key)
+        self.store.machine.set_last_key(node.id, planned.key)
+        self.store.push(planned.key, record, node.measurements)  # to the remote, if writable
         return record
 
     def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ def plan_table(plan: Plan) -> str:
     lines += [f"{sid:<{width}}  {status:<7}  {reason}" for sid, status, reason in rows]
     summary = f"{plan.count('run')} to run, {plan.count('cached')} cached, " \
               f"{plan.count('skipped')} skipped"
+    if plan.count("remote"):  # answered by the remote cache: downloaded only where needed
+        summary += f", {plan.count('remote')} remote hit(s)"
     if plan.count("failed"):  # e.g. an AI Hub stage without a token: fails without running
         summary += f", {plan.count('failed')} cannot run"
     lines.append(summary)

@@ -26,6 +26,7 @@ RECORD = "ac:"
 LAST_KEY = "last:"
 JOB = "job:"
 STAT = "stat:"
+SEEN_REMOTE = "seen-remote:"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -266,6 +267,13 @@ class Index:
 
     def set_job(self, stage_key: str, name: str, value: Any) -> None:
         self._set(f"{JOB}{stage_key}:{name}", value)
+
+    # records a remote cache answered with, whose blobs were not downloaded (machine-local)
+    def get_seen_remote(self, stage_key: str) -> Any:
+        return self._get(SEEN_REMOTE + stage_key)
+
+    def set_seen_remote(self, stage_key: str, record: dict[str, Any]) -> None:
+        self._set(SEEN_REMOTE + stage_key, record)
 
     # stat cache entries
     def get_stat(self, path: str) -> Any:
