@@ -204,8 +204,12 @@ class Executor:
                            f"upstream {failed_up[0]} {self.outcomes[failed_up[0]].status}")
         if planned.status == CACHED:
             return self._cached(stage_id, planned.key, planned.record, "up to date")
-        if planned.status == REMOTE:
+        rebuilt_up = any(self.outcomes[u].status == BUILT
+                         for u in self.plan.graph.predecessors(stage_id))
+        if planned.status == REMOTE and not rebuilt_up:
             return self._remote_hit(stage_id)
+        # Otherwise keyed again from what its inputs are now (an upstream remote hit that
+        # could not be downloaded ran here instead, maybe with other bytes).
         node = planned.node
         records = {u: self.outcomes[u].record for u in self.plan.graph.predecessors(stage_id)}
         digests = resolve_input_digests(node, self.store, records)  # type: ignore[arg-type]

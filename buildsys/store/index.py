@@ -275,6 +275,14 @@ class Index:
     def set_seen_remote(self, stage_key: str, record: dict[str, Any]) -> None:
         self._set(SEEN_REMOTE + stage_key, record)
 
+    def forget_seen_remote(self, keep: set[str]) -> int:
+        """Drop remembered remote records except those of these keys; how many went."""
+        gone = [k for k in self._keys()
+                if k.startswith(SEEN_REMOTE) and k[len(SEEN_REMOTE):] not in keep]
+        for key in gone:
+            self._delete(key)
+        return len(gone)
+
     # stat cache entries
     def get_stat(self, path: str) -> Any:
         return self._get(STAT + path)

@@ -427,4 +427,4 @@ def _reading(data: Any, ticker: _Ticker) -> Iterable[bytes]:
 def remote_from_env(url: str | None) -> str | None:
     """The remote to use: --remote, else $MODELBUILD_REMOTE; None for no remote."""
     chosen = url if url is not None else os.environ.get("MODELBUILD_REMOTE")
-    return chosen.strip() or None if chosen else None
+    return (chosen or "").strip() or None

@@ -23,7 +23,7 @@ from buildsys.errors import UsageError
 
 # Bounded waits: a dead or stalled remote costs seconds once, never a hung build.
 CONNECT_TIMEOUT = "3s"
-REQUEST_TIMEOUT = "20s"  # metadata: HEAD, records
+REQUEST_TIMEOUT = "10s"  # metadata: HEAD, records (a few hundred bytes)
 READ_STALL_TIMEOUT = "30s"  # blob transfers: no overall limit, but no byte for this long fails
 RETRIES = {"max_retries": 2, "retry_timeout": timedelta(seconds=6),
            "backoff": {"init_backoff": timedelta(milliseconds=100),
