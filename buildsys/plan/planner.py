@@ -98,13 +98,12 @@ def remote_hit(node: StageNode, key: str, remote: dict[str, dict[str, Any]]) -> 
 def make_plan_with_remote(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
                           blocked: dict[str, str] | None = None) -> Plan:
     """Plan against the local store, then ask the remote (batched, concurrent) about every
-    keyed stage the local store lacks; repeat while hits make more stages keyable."""
+    keyed stage the local store lacks; repeat while hits make more stages keyable. Without a
+    remote only what it answered before (remembered on this machine) is used."""
     known: dict[str, dict[str, Any]] = {}
     asked: set[str] = set()
     while True:
         plan = make_plan(graph, store, force, blocked, remote=known)
-        if not store.remote_in_use():
-            return plan
         wave = sorted({p.key for p in plan.stages.values()
                        if p.status in (RUN, SKIPPED, FAILED) and p.key and not p.forced
                        and p.key not in asked})
@@ -125,6 +124,8 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
     records found in the remote cache, by key (a stage they answer is planned `remote`)."""
     plan = Plan(graph=graph, order=topological_order(graph))
     remote = remote or {}
+    hit_reason = "remote hit" if store.remote_in_use() else \
+        "result from the remote cache, remembered here (no remote in use)"
     records: dict[str, dict[str, Any]] = {}
     blocked = blocked or {}
     failing = {**{s: r for s, r in blocked.items() if isinstance(r, PlanFailure)},
@@ -151,7 +152,7 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
                                                      record)
             elif key is not None and remote_hit(node, key, remote):
                 records[stage_id] = remote[key]
-                plan.stages[stage_id] = PlannedStage(node, REMOTE, "remote hit", key, parts,
+                plan.stages[stage_id] = PlannedStage(node, REMOTE, hit_reason, key, parts,
                                                      remote[key])
             elif stage_id in failing:
                 plan.stages[stage_id] = PlannedStage(node, FAILED, str(failing[stage_id]),
@@ -176,7 +177,7 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
             continue
         if not forced and remote_hit(node, key, remote):
             records[stage_id] = remote[key]
-            plan.stages[stage_id] = PlannedStage(node, REMOTE, "remote hit", key, parts,
+            plan.stages[stage_id] = PlannedStage(node, REMOTE, hit_reason, key, parts,
                                                  remote[key])
             continue
         if forced:

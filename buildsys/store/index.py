@@ -275,6 +275,9 @@ class Index:
     def set_seen_remote(self, stage_key: str, record: dict[str, Any]) -> None:
         self._set(SEEN_REMOTE + stage_key, record)
 
+    def forget_seen_remote_key(self, stage_key: str) -> None:
+        self._delete(SEEN_REMOTE + stage_key)
+
     def forget_seen_remote(self, keep: set[str]) -> int:
         """Drop remembered remote records except those of these keys; how many went."""
         gone = [k for k in self._keys()

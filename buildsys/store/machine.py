@@ -43,6 +43,10 @@ class MachineState:
         if self.index.get_seen_remote(stage_key) is None:
             self.index.set_seen_remote(stage_key, record)
 
+    def forget_remote(self, stage_key: str) -> None:
+        """Its blobs could not be had after all: ask the remote afresh next time."""
+        self.index.forget_seen_remote_key(stage_key)
+
     def memo_dir(self, stage_key: str) -> Path:
         """Where a stage running under this key keeps what it remembers (created here)."""
         if len(stage_key) != 64 or not all(c in "0123456789abcdef" for c in stage_key):

@@ -149,14 +149,15 @@ class Store:
     def find_remote_records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Records the remote holds for these keys (looked up concurrently, in one batch)
         whose every blob exists, here or on the remote: a record whose blob is gone is a miss.
-        """
+        Records it answered before come from this machine's memory, without a request."""
         remote = self.remote
         keys = list(keys)
-        if remote is None or not keys or not remote.available:
-            return {}
-        # Answered before (and not downloaded): no request. Should its blobs be gone since,
+        # Answered before (and not downloaded): no request — and known even with no remote
+        # at hand, so an offline no-op stays a no-op. Should its blobs be needed and gone,
         # fetching them fails and the stage runs after all.
         seen = {k: r for k in keys if (r := self.machine.seen_remote(k)) is not None}
+        if remote is None or not remote.available or len(seen) == len(keys):
+            return seen
         found = self._blobs_present(remote, remote.get_records(k for k in keys if k not in seen))
         for key, record in found.items():
             self.machine.remember_remote(key, record)

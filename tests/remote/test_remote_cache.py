@@ -153,6 +153,9 @@ def test_two_runners_share_one_remote(seaweed: SeaweedServer, tmp_path: Path) ->
     fourth = build(a, "--remote", remote)
     assert statuses(fourth, "built") == set(), fourth["process"].stderr
     assert archives(a.root) == archives(b.root)
+    # A's old w8a8 model is not left in build/ looking like this build's (it stays remote)
+    stale = a.root / "build" / "tiny" / "w8a8" / "quantize"
+    assert stale.is_dir() and not [p for p in stale.rglob("*") if p.is_file()]
     assert_remote_consistent(seaweed, "two-runners")
 
 
@@ -181,8 +184,13 @@ def test_directory_remote_push_plan_and_quiet_noop(tmp_path: Path) -> None:
     assert not (b.root / "build" / "steps" / "s0").exists()  # intermediate: not downloaded
     noop = b.build("recipe.yaml", env=env_remote)
     assert statuses(noop, "built") == set() and noop["remote"]["requests"] == 0
+    # offline, the results the remote gave are remembered: still nothing to build
     ignored = b.build("recipe.yaml", "--no-remote", env=env_remote)
-    assert "remote" not in ignored
+    assert "remote" not in ignored and statuses(ignored, "built") == set()
+    # ...and a stage that must run gets its inputs rebuilt, not invented
+    forced = b.build("recipe.yaml", "--no-remote", "--force", "steps/s5", env=env_remote)
+    assert "steps/s5" in statuses(forced, "built")
+    assert leaf_outputs(b.root) == leaf_outputs(a.root)
 
 
 # --- faults ------------------------------------------------------------------------------------
@@ -223,25 +231,34 @@ def test_server_killed_mid_build(tmp_path: Path) -> None:
         assert SECRET_KEY not in text
 
 
-def test_corrupt_blob_on_server_is_never_used(seaweed: SeaweedServer, tmp_path: Path) -> None:
+def test_corrupt_blobs_on_server_are_never_used(seaweed: SeaweedServer,
+                                                tmp_path: Path) -> None:
+    """A final artifact's blob and the blob of the intermediate it is made from, each with
+    one bit flipped on the server: both stages run here, in order, and the artifact is right.
+    """
     import obstore
+    import yaml
 
     recipe = chain_recipe(STEPS, sleep=0.0)
     a, b = project_at(tmp_path / "a", recipe), project_at(tmp_path / "b", recipe)
     build(a, "--remote", seaweed.url("corrupt"))
-    records = assert_remote_consistent(seaweed, "corrupt")
-    leaf = next(r for r in records.values() if r["stage_id"] == "steps/s5")
-    digest = leaf["outputs"]["s5.txt"]["digest"]
-    good = read_object(seaweed, "corrupt", f"cas/{digest}")
-    bad = bytes([good[0] ^ 1]) + good[1:]  # same size, one bit flipped
-    obstore.put(seaweed.store("corrupt"), f"cas/{digest}", bad)
+    records = {r["stage_id"]: r for r in assert_remote_consistent(seaweed, "corrupt").values()}
+    source = yaml.safe_load(recipe)["steps"]["s5"]["deps"][0].removesuffix(".txt")
+    originals = {}
+    for stage in ("s5", source):
+        digest = records[f"steps/{stage}"]["outputs"][f"{stage}.txt"]["digest"]
+        good = read_object(seaweed, "corrupt", f"cas/{digest}")
+        obstore.put(seaweed.store("corrupt"), f"cas/{digest}", bytes([good[0] ^ 1]) + good[1:])
+        originals[digest] = good
 
     report = build(b, "--remote", seaweed.url("corrupt"))
-    assert "steps/s5" in statuses(report, "built")  # it ran here instead
+    assert statuses(report, "built") == {"steps/s5", f"steps/{source}"}, report["stages"]
     assert leaf_outputs(b.root) == leaf_outputs(a.root)
-    assert any("corrupt on the remote" in w for w in remote_warnings(report["process"].stderr))
-    # B's upload replaced the damaged blob with the right bytes
-    assert read_object(seaweed, "corrupt", f"cas/{digest}") == good
+    corrupt = [w for w in remote_warnings(report["process"].stderr) if "corrupt" in w]
+    assert len(corrupt) == 2, report["process"].stderr
+    # B's uploads replaced the damaged blobs with the right bytes
+    for digest, good in originals.items():
+        assert read_object(seaweed, "corrupt", f"cas/{digest}") == good
 
 
 def test_record_pointing_at_deleted_blob_is_a_miss(seaweed: SeaweedServer,
@@ -362,15 +379,21 @@ def test_remote_read_only_writes_nothing(seaweed: SeaweedServer, tmp_path: Path)
 
 
 def test_bad_remote_urls_are_usage_errors(tmp_path: Path) -> None:
+    from buildsys.errors import UsageError
+    from buildsys.store.remote_url import open_location
+
     project = project_at(tmp_path, chain_recipe(2, sleep=0.0))
-    for url, expected in (("ftp://host/x", "expected s3://BUCKET"),
-                          ("s3://key:secret@bucket", "not in the URL"),
-                          ("s3://bucket?colour=red", "unknown option(s) colour")):
-        result = project.run("recipe.yaml", "--remote", url, check=False)
-        assert result.returncode == 2 and expected in result.stderr, result.stderr
-        assert "secret" not in result.stderr.replace("not in the URL", "")
+    result = project.run("recipe.yaml", "--remote", "ftp://host/x", check=False)
+    assert result.returncode == 2 and "expected s3://BUCKET" in result.stderr, result.stderr
     result = project.run("recipe.yaml", "--remote-required", check=False)
     assert result.returncode == 2 and "no remote cache given" in result.stderr
+    assert not (tmp_path / "build").exists()
+    for url, expected in (("s3://key:secret@bucket", "not in the URL"),
+                          ("s3://bucket?colour=red", "unknown option(s) colour"),
+                          ("s3:///prefix", "no bucket")):
+        with pytest.raises(UsageError, match=re.escape(expected)) as caught:
+            open_location(url)
+        assert "secret@" not in str(caught.value)
 
 
 def test_record_shape_checks() -> None:
