@@ -148,7 +148,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             if on_devices:
                 print(on_devices, file=sys.stderr)
             print(summary_line(outcomes, wall), file=sys.stderr)
-            if store.remote is not None:
+            if store.remote is not None and (store.remote.stats.requests
+                                             or store.remote.failure):
                 print(remote_line(report["remote"]), file=sys.stderr)
         return 0 if report["ok"] and not errors else 1
     finally:

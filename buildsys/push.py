@@ -37,9 +37,9 @@ def push_recipe(recipe_path: Path, cache_dir: str | None, remote_url: str | None
             store.push(planned.key, planned.record, planned.node.measurements)
         store.finish_uploads()
         stats = remote.stats
-        if remote.failure:
-            print(f"error: cache push: remote cache {remote.name} failed ({remote.failure})",
-                  file=sys.stderr)
+        if remote.failure or not remote.writable:
+            why = remote.failure or "it refused a write (permissions?)"
+            print(f"error: cache push: remote cache {remote.name}: {why}", file=sys.stderr)
             return 1
         left = len(plan.order) - len(cached)
         print(f"pushed {len(cached)} cached stage(s) of {recipe.name} to {remote.name}: "

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,31 @@ _QUERY_KEYS = {"endpoint", "region"}
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
-@dataclass
 class RemoteLocation:
-    name: str  # for messages: the URL without credentials or query secrets
-    metadata: Any  # obstore store for small requests (short timeout)
-    transfers: Any  # obstore store for blob bodies (stall timeout, no overall limit)
-    is_directory: bool
+    """A checked remote URL. The obstore handles behind it are made on first use, so a build
+    that never needs the remote does not even load the client."""
+
+    def __init__(self, name: str, connect: Callable[[], tuple[Any, Any]]) -> None:
+        self.name = name  # for messages: the URL without credentials
+        self._connect = connect
+        self._stores: tuple[Any, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._stores is None:
+                self._stores = self._connect()
+            return self._stores
+
+    @property
+    def metadata(self) -> Any:
+        """For small requests: HEAD, records (short overall timeout)."""
+        return self._open()[0]
+
+    @property
+    def transfers(self) -> Any:
+        """For blob bodies: no overall limit, but a stall timeout."""
+        return self._open()[1]
 
 
 def redact(text: str) -> str:
@@ -63,21 +83,19 @@ def open_location(url: str) -> RemoteLocation:
 
 
 def _directory(path: Path) -> RemoteLocation:
-    from obstore.store import LocalStore
-
     path = path.expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--remote {path}: cannot create the directory: "
-                         f"{exc.strerror or exc}") from exc
-    store = LocalStore(str(path))
-    return RemoteLocation(name=str(path), metadata=store, transfers=store, is_directory=True)
+
+    def connect() -> tuple[Any, Any]:
+        from obstore.store import LocalStore
+
+        path.mkdir(parents=True, exist_ok=True)  # an OSError here: the remote is unavailable
+        store = LocalStore(str(path))
+        return store, store
+
+    return RemoteLocation(str(path), connect)
 
 
 def _s3(url: str) -> RemoteLocation:
-    from obstore.store import S3Store
-
     parts = urlsplit(url)
     if "@" in parts.netloc:
         raise UsageError("--remote: put credentials in AWS_* variables or a profile, "
@@ -100,20 +118,24 @@ def _s3(url: str) -> RemoteLocation:
         or os.environ.get("AWS_DEFAULT_REGION")
     config["region"] = region or "us-east-1"
     prefix = parts.path.strip("/") or None
-    provider = _profile_credentials()
     options = {"allow_http": bool(endpoint and endpoint.startswith("http://")),
                "connect_timeout": CONNECT_TIMEOUT}
 
-    def make(extra: dict[str, str]) -> Any:
-        return S3Store(bucket, prefix=prefix, config=config,  # type: ignore[arg-type]
-                       client_options={**options, **extra},  # type: ignore[typeddict-item]
-                       retry_config=RETRIES,  # type: ignore[arg-type]
-                       credential_provider=provider)
+    def connect() -> tuple[Any, Any]:
+        from obstore.store import S3Store
+
+        provider = _profile_credentials()
+
+        def make(extra: dict[str, str]) -> Any:
+            return S3Store(bucket, prefix=prefix, config=config,  # type: ignore[arg-type]
+                           client_options={**options, **extra},  # type: ignore[typeddict-item]
+                           retry_config=RETRIES,  # type: ignore[arg-type]
+                           credential_provider=provider)
+
+        return make({"timeout": REQUEST_TIMEOUT}), make({"read_timeout": READ_STALL_TIMEOUT})
 
     shown = f"s3://{bucket}/{prefix or ''}".rstrip("/") + (f" at {endpoint}" if endpoint else "")
-    return RemoteLocation(name=redact(shown), metadata=make({"timeout": REQUEST_TIMEOUT}),
-                          transfers=make({"read_timeout": READ_STALL_TIMEOUT}),
-                          is_directory=False)
+    return RemoteLocation(redact(shown), connect)
 
 
 def _profile_credentials() -> Any:

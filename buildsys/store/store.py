@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +49,7 @@ class Store:
         self.remote: RemoteTier | None = None
         self._uploads: list[Future[None]] = []
         self._uploader: ThreadPoolExecutor | None = None
+        self._uploads_lock = threading.Lock()
 
     def close(self) -> None:
         if self.remote is not None:
@@ -168,6 +170,8 @@ class Store:
         wanted = {o["digest"]: o["size"] for r in records.values()
                   for o in r["outputs"].values() if not self.blobs.has(o["digest"], o["size"])}
         present = remote.has_blobs(wanted) if wanted else set()
+        if not remote.available:  # it failed while we asked: misses, already warned about
+            return {}
         usable = {}
         for key, record in records.items():
             gone = [n for n, o in record["outputs"].items()
@@ -220,12 +224,13 @@ class Store:
         """Upload a record's blobs, then the record (create-only), in the background."""
         if self.remote is None or not self.remote.writable or not self.remote.available:
             return
-        if self._uploader is None:
-            from buildsys.store.remote import TRANSFERS
+        from buildsys.store.remote import TRANSFERS
 
-            self._uploader = ThreadPoolExecutor(TRANSFERS, thread_name_prefix="upload")
-        self._uploads.append(self._uploader.submit(
-            self._upload, stage_key, record, tuple(measurements)))
+        with self._uploads_lock:  # stage threads finish (and push) concurrently
+            if self._uploader is None:
+                self._uploader = ThreadPoolExecutor(TRANSFERS, thread_name_prefix="upload")
+            self._uploads.append(self._uploader.submit(
+                self._upload, stage_key, record, tuple(measurements)))
 
     def _upload(self, stage_key: str, record: dict[str, Any],
                 measurements: tuple[str, ...]) -> None:
@@ -249,7 +254,8 @@ class Store:
 
     def finish_uploads(self) -> None:
         """Wait for the background uploads (each request is bounded by its timeouts)."""
-        pending, self._uploads = self._uploads, []
+        with self._uploads_lock:
+            pending, self._uploads = self._uploads, []
         wait_all(pending)
         for future in pending:
             exc = future.exception()
