@@ -143,6 +143,9 @@ class BlobStore:
             shutil.copyfile(source, tmp)
             os.chmod(tmp, READ_ONLY)
         os.replace(tmp, dest)
+        # rename(2) does nothing when both names are links of one file (another build placed
+        # the same blob there meanwhile): the temporary name would stay behind.
+        tmp.unlink(missing_ok=True)
 
     def is_materialised(self, digest: str, dest: Path) -> bool:
         """True when `dest` is a hardlink of the blob (same inode): nothing to do, no hashing."""
