@@ -126,7 +126,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         wall = time.monotonic() - started
         report = report_dict(recipe.name, outcomes, wall, mismatches)
         if store.remote is not None:
-            report["remote"] = remote_report(store)
+            report["remote"] = store.remote.report()
         if errors:
             report.update(ok=False, errors=list(errors))
         if options.summary:
@@ -150,7 +150,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             print(summary_line(outcomes, wall), file=sys.stderr)
             if store.remote is not None and (store.remote.stats.requests
                                              or store.remote.failure):
-                print(remote_line(report["remote"]), file=sys.stderr)
+                print(store.remote.summary_line(), file=sys.stderr)
         return 0 if report["ok"] and not errors else 1
     finally:
         store.close()
@@ -203,25 +203,6 @@ def print_failures(outcomes: dict[str, Outcome], mismatches: list[str]) -> None:
                 print(f"       log: {outcome.log_path}", file=sys.stderr)
     for line in mismatches:
         print(f"error: --check: {line}", file=sys.stderr)
-
-
-def remote_report(store: Store) -> dict[str, object]:
-    remote = store.remote
-    assert remote is not None
-    return {"url": remote.name, "writable": remote.writable, "failure": remote.failure,
-            **remote.stats.as_dict()}
-
-
-def remote_line(remote: dict[str, object]) -> str:
-    from buildsys.store.remote import human_bytes
-
-    if remote["failure"]:
-        return f"remote cache {remote['url']}: not used after a failure ({remote['failure']})"
-    return (f"remote cache: {remote['records_found']} record(s) found, "
-            f"{remote['blobs_downloaded']} blob(s) ({human_bytes(remote['bytes_downloaded'])})"
-            f" downloaded, {remote['records_uploaded']} record(s) and "
-            f"{remote['blobs_uploaded']} blob(s) ({human_bytes(remote['bytes_uploaded'])}) "
-            f"uploaded, {remote['requests']} request(s)")  # type: ignore[arg-type]
 
 
 def write_summary(path: Path, recipe: Recipe, plan: Plan, outcomes: dict[str, Outcome],

@@ -147,6 +147,20 @@ class RemoteTier:
     def available(self) -> bool:
         return self.failure is None
 
+    def report(self) -> dict[str, Any]:
+        """What this remote did in this build, for the JSON report (no credentials)."""
+        return {"url": self.name, "writable": self.writable, "failure": self.failure,
+                **self.stats.as_dict()}
+
+    def summary_line(self) -> str:
+        if self.failure:
+            return f"remote cache {self.name}: not used after a failure ({self.failure})"
+        s = self.stats
+        return (f"remote cache: {s.records_found} record(s) found, {s.blobs_downloaded} "
+                f"blob(s) ({human_bytes(s.bytes_downloaded)}) downloaded, "
+                f"{s.records_uploaded} record(s) and {s.blobs_uploaded} blob(s) "
+                f"({human_bytes(s.bytes_uploaded)}) uploaded, {s.requests} request(s)")
+
     # --- failures ------------------------------------------------------------------------------
     def _fail(self, what: str, exc: BaseException) -> None:
         with self._lock:
