@@ -61,8 +61,7 @@ def leaf_outputs(root: Path, leaves: set[str] = LEAVES) -> dict[str, str]:
 def objects(server: SeaweedServer, prefix: str) -> dict[str, int]:
     import obstore
 
-    return {o["path"]: o["size"] for batch in obstore.list(server.store(prefix))
-            for o in batch if not o["path"].startswith("ready")}
+    return {o["path"]: o["size"] for batch in obstore.list(server.store(prefix)) for o in batch}
 
 
 def read_object(server: SeaweedServer, prefix: str, path: str) -> bytes:
@@ -196,24 +195,33 @@ def test_directory_remote_push_plan_and_quiet_noop(tmp_path: Path) -> None:
 # --- faults ------------------------------------------------------------------------------------
 
 def test_server_killed_mid_build(tmp_path: Path) -> None:
+    """Two builds on one server, which is killed once both have finished two stages: the
+    plain build finishes locally with one warning; the one with --remote-required finishes
+    its stages too (kept in its store) but fails, naming the remote."""
     server = start_seaweed(tmp_path / "server")
     recipe = chain_recipe(STEPS, sleep=0.3)
-    a = project_at(tmp_path / "a", recipe)
+    plain, strict = project_at(tmp_path / "a", recipe), project_at(tmp_path / "c", recipe)
     try:
-        process = start_build(a.root, "--remote", server.url("killed"), "--report", "r.json",
-                              env=CREDENTIALS)
+        processes = [start_build(p.root, "--remote", server.url(name), "--report", "r.json",
+                                 *extra, env=CREDENTIALS)
+                     for p, name, extra in ((plain, "killed", ()),
+                                            (strict, "killed-strict", ("--remote-required",)))]
         deadline = time.monotonic() + 60
-        while not (a.root / "build" / "steps" / "s1").exists():  # two stages done, uploaded
-            assert time.monotonic() < deadline and process.poll() is None
+        while not all((p.root / "build" / "steps" / "s1").exists() for p in (plain, strict)):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
             time.sleep(0.05)
     finally:
         server.kill()
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
+    (_, stderr), (_, strict_stderr) = (p.communicate(timeout=120) for p in processes)
+    assert processes[0].returncode == 0, stderr
     warned = remote_warnings(stderr)
     assert len(warned) == 1 and server.endpoint in warned[0], stderr
-    report = json.loads((a.root / "r.json").read_text())
+    report = json.loads((plain.root / "r.json").read_text())
     assert len(statuses(report, "built")) == STEPS and report["remote"]["failure"]
+    assert processes[1].returncode == 1, strict_stderr
+    assert re.search(r"error: --remote-required: remote cache .*127\.0\.0\.1", strict_stderr)
+    strict_report = json.loads((strict.root / "r.json").read_text())
+    assert len(statuses(strict_report, "built")) == STEPS and not strict_report["ok"]
 
     # a new runner with the dead remote required: fails clearly, before running anything
     b = project_at(tmp_path / "b", recipe)
@@ -226,8 +234,8 @@ def test_server_killed_mid_build(tmp_path: Path) -> None:
     # without --remote-required the same runner builds locally, with one warning
     local = build(b, "--remote", server.url("killed"))
     assert local["ok"] and len(remote_warnings(local["process"].stderr)) == 1
-    for text in (stderr, failed.stderr, local["process"].stderr,
-                 (a.root / "r.json").read_text()):
+    for text in (stderr, strict_stderr, failed.stderr, local["process"].stderr,
+                 (plain.root / "r.json").read_text()):
         assert SECRET_KEY not in text
 
 
