@@ -3,13 +3,16 @@
 Shareable: stage records and blobs (`Store.get_record`, `Store.get_blob`): pure functions of a
 stage key, the same on every machine. Machine-local, never pushed to a remote tier:
 
-* the stat cache (path, size, mtime, inode → digest): paths and inodes of this disk;
+* the stat cache (`Store.stats`: path, size, mtime, inode → digest): this disk's paths;
 * the last key each stage id had here (to explain why a stage runs again);
 * records a remote cache answered with, kept so that the next build here can key the stages
   downstream of them without asking the remote again (a no-op stays free of requests);
 * small values a running stage remembers under its key (an AI Hub job id), so an interrupted
   build resumes that job instead of submitting a new one. They are plain JSON files in a
   directory the executor hands the stage as data: a stage never opens the store.
+
+The tables live in the same index database as the records (one SQLite file, nothing to
+migrate); what keeps them local is that the remote tier is only ever given records and blobs.
 """
 
 from __future__ import annotations
@@ -48,9 +51,8 @@ class MachineState:
         self.index.forget_seen_remote_key(stage_key)
 
     def memo_dir(self, stage_key: str) -> Path:
-        """Where a stage running under this key keeps what it remembers (created here)."""
+        """Where a stage running under this key keeps what it remembers (made by the stage
+        when it first remembers something: most stages never do)."""
         if len(stage_key) != 64 or not all(c in "0123456789abcdef" for c in stage_key):
             raise ValueError(f"not a stage key: {stage_key!r}")
-        path = self.memos / stage_key[:2] / stage_key
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.memos / stage_key[:2] / stage_key
