@@ -233,32 +233,33 @@ class RemoteTier:
                 with self._lock:
                     self.stats.requests += 1
                 result = obstore.get(self.location.transfers, path)
+                stream = iter(result.stream(min_chunk_size=CHUNK))
                 total = size if size is not None else int(result.meta["size"])
-                ticker = _Ticker(self.on_progress, f"downloading {label or digest[:12]}",
-                                 total)
-                with open(dest, "wb") as out:
-                    for chunk in result.stream(min_chunk_size=CHUNK):
+            except FileNotFoundError:
+                return False
+            except Exception as exc:
+                self._fail("GET blob", exc)
+                return False
+            ticker = _Ticker(self.on_progress, f"downloading {label or digest[:12]}", total)
+            try:
+                with open(dest, "wb") as out:  # an OSError here is our disk's
+                    while size is None or received <= size:  # longer than recorded: stop
+                        try:
+                            chunk = next(stream)
+                        except StopIteration:
+                            break
+                        except Exception as exc:  # the connection, mid-body
+                            self._fail("GET blob", exc)
+                            dest.unlink(missing_ok=True)
+                            return False
                         hasher.update(chunk)
                         out.write(chunk)
                         received += len(chunk)
-                        if size is not None and received > size:
-                            break  # longer than its record says: no need to read on
                         ticker.advance(received)
-                ticker.done(received)
-            except FileNotFoundError:
+            except OSError as exc:
                 dest.unlink(missing_ok=True)
-                return False
-            except OSError as exc:  # our own disk (or a transport error raised as OSError)
-                dest.unlink(missing_ok=True)
-                if not _is_transport(exc):
-                    raise StoreError(f"cannot write {dest.name}: {exc.strerror or exc}") \
-                        from exc
-                self._fail("GET blob", exc)
-                return False
-            except Exception as exc:
-                dest.unlink(missing_ok=True)
-                self._fail("GET blob", exc)
-                return False
+                raise StoreError(f"cannot write {dest.name}: {exc.strerror or exc}") from exc
+            ticker.done(received)
             if hasher.hexdigest() != digest or (size is not None and received != size):
                 dest.unlink(missing_ok=True)
                 with self._lock:
@@ -302,12 +303,9 @@ class RemoteTier:
                                     _reading(data, ticker), chunk_size=CHUNK,
                                     max_concurrency=2)
                 ticker.done(size)
-            except Exception as exc:
+            except Exception as exc:  # (our own blob was checked just before: the remote's)
                 if _is_permission(exc):
                     self._writes_refused(exc)
-                elif isinstance(exc, OSError) and not _is_transport(exc):
-                    raise StoreError(f"cannot read blob {digest[:12]} to upload it: "
-                                     f"{exc.strerror or exc}") from exc
                 else:
                     self._fail("PUT blob", exc)
                 return False
@@ -398,11 +396,6 @@ def _is_permission(exc: BaseException) -> bool:
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
     return isinstance(exc, PermissionError | PermissionDeniedError | UnauthenticatedError)
-
-
-def _is_transport(exc: OSError) -> bool:
-    """obstore raises some remote errors as OSError subclasses: those are the remote's."""
-    return type(exc).__module__.startswith("obstore")
 
 
 class _Ticker:
