@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -51,6 +51,7 @@ class SeaweedServer:
     process: subprocess.Popen[bytes]
     port: int
     data_dir: Path
+    log: IO[bytes]
 
     @property
     def endpoint(self) -> str:
@@ -72,6 +73,7 @@ class SeaweedServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+        self.log.close()
 
 
 def start_seaweed(data_dir: Path) -> SeaweedServer:
@@ -86,7 +88,7 @@ def start_seaweed(data_dir: Path) -> SeaweedServer:
     log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 (kept open for the server's life)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
-    server = SeaweedServer(process, ports["s3.port"], data_dir)
+    server = SeaweedServer(process, ports["s3.port"], data_dir, log)
     deadline = time.monotonic() + 60
     import obstore
 
