@@ -24,7 +24,6 @@ from buildsys.errors import StoreError
 
 RECORD = "ac:"
 LAST_KEY = "last:"
-JOB = "job:"
 STAT = "stat:"
 SEEN_REMOTE = "seen-remote:"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -260,13 +259,6 @@ class Index:
 
     def set_last_key(self, stage_id: str, stage_key: str) -> None:
         self._set(LAST_KEY + stage_id, stage_key)
-
-    # remote jobs submitted for a stage key (AI Hub): resume instead of resubmitting
-    def get_job(self, stage_key: str, name: str) -> Any:
-        return self._get(f"{JOB}{stage_key}:{name}")
-
-    def set_job(self, stage_key: str, name: str, value: Any) -> None:
-        self._set(f"{JOB}{stage_key}:{name}", value)
 
     # records a remote cache answered with, whose blobs were not downloaded (machine-local)
     def get_seen_remote(self, stage_key: str) -> Any:
