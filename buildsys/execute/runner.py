@@ -110,6 +110,7 @@ class Executor:
         self._statuses: dict[str, str] = {}  # running stage → the status line last shown
         # Stage keys whose remote result turned out unusable in this build: not asked again.
         self._distrusted: set[str] = set()
+        self._requeued: set[str] = set()  # stages settled, then run after all: once at most
         # Remote stages wait on a service outside the -j budget. Inline stages share this
         # process (and its working directory), so there they run one at a time like the rest.
         self._remote = set() if options.inline else {
@@ -254,7 +255,10 @@ class Executor:
         lacking = sorted({ref.stage for name, ref in planned.node.inputs.items()
                           if isinstance(ref, OutputRef)
                           and not self.store.fetch_blob(parts["inputs"][name], label=ref.name)})
-        return Requeue(lacking) if lacking else None
+        if not lacking or self._requeued & set(lacking):
+            return None  # (rebuilt once already and gone again: the stage fails, saying so)
+        self._requeued.update(lacking)
+        return Requeue(lacking)
 
     def _requeue(self, stage_id: str, upstream: list[str], waiting: dict[str, set[str]],
                  ready: list[str]) -> None:
