@@ -8,16 +8,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildsys.errors import ModelbuildError, RecipeError, StageError
+from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
 from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
-from buildsys.plan.planner import Plan, make_plan
+from buildsys.plan.planner import Plan, make_plan_with_remote
 from buildsys.plan.remote import remote_stage_ids, switched_off
 from buildsys.plan.requirements import check_toolchains
 from buildsys.plan.status import Status
 from buildsys.recipe.load import Recipe
 from buildsys.store.lock import lock_entry, read_lock, write_lock
+from buildsys.store.remote import RemoteUnavailable
 from buildsys.store.store import Store, default_cache_dir
 
 
@@ -35,10 +36,38 @@ class BuildOptions:
     offline: bool = False
     inline: bool = False  # tests only: run stages in this process
     run_under: list[str] = field(default_factory=list)  # a command that starts each worker
+    remote: str | None = None  # remote cache URL (else $MODELBUILD_REMOTE)
+    no_remote: bool = False
+    remote_read_only: bool = False
+    remote_required: bool = False
+    summary: Path | None = None  # write the release table (Markdown) here
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
     return Store(default_cache_dir(recipe.project_root, cache_dir))
+
+
+def attach_remote(store: Store, options: BuildOptions) -> None:
+    """Put the remote cache (--remote or $MODELBUILD_REMOTE) behind the local store."""
+    from buildsys.store.remote import RemoteTier, remote_from_env
+
+    url = None if options.no_remote else remote_from_env(options.remote)
+    if url is None:
+        if options.remote_required:
+            raise UsageError("--remote-required: no remote cache given (--remote URL or "
+                             "MODELBUILD_REMOTE)" + (", and --no-remote" if options.no_remote
+                                                     else ""))
+        return
+    store.attach_remote(RemoteTier.open(url, writable=not options.remote_read_only,
+                                        required=options.remote_required))
+
+
+def remote_failure(store: Store) -> str | None:
+    """Why the build fails because of the remote: it failed and --remote-required was given."""
+    remote = store.remote
+    if remote is not None and remote.required and remote.failure is not None:
+        return f"--remote-required: remote cache {remote.name} failed ({remote.failure})"
+    return None
 
 
 def blocked_stages(recipe: Recipe, graph: object, offline: bool) -> dict[str, str]:
@@ -59,8 +88,12 @@ def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
         raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
     check_toolchains(graph, skip=skipped_remote_stages(graph, options.offline))
-    plan = make_plan(graph, store, options.force, blocked_stages(recipe, graph, options.offline))
+    plan = make_plan_with_remote(graph, store, options.force,
+                                 blocked_stages(recipe, graph, options.offline))
     plan.all_stage_ids = set(full.nodes)
+    failure = remote_failure(store)
+    if failure:
+        raise RemoteUnavailable(failure)
     return plan
 
 
@@ -72,8 +105,10 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     store = open_store(recipe, options.cache_dir)
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
+        attach_remote(store, options)
         plan = plan_build(recipe, store, options)
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
+        store.on_transfer(lambda text: progress.note("remote cache", text))
         jobs = options.jobs or len(os.sched_getaffinity(0))
         executor = Executor(plan, store, ExecuteOptions(
             build_dir=recipe.build_dir, release_dir=recipe.release_dir,
@@ -82,6 +117,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             run_under=options.run_under), progress)
         try:
             outcomes = executor.run()
+            store.finish_uploads()  # before the summary: what was pushed is counted
         finally:
             progress.close()
         previous_lock = read_lock(recipe.lock_path)
@@ -92,10 +128,20 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
                 update_lock(recipe, previous_lock, plan, outcomes)
             except ModelbuildError as exc:
                 errors.append(str(exc))
+        failure = remote_failure(store)
+        if failure:
+            errors.append(failure)
         wall = time.monotonic() - started
         report = report_dict(recipe.name, outcomes, wall, mismatches)
+        if store.remote is not None:
+            report["remote"] = store.remote.report()
         if errors:
             report.update(ok=False, errors=list(errors))
+        if options.summary:
+            try:
+                write_summary(options.summary, recipe, plan, outcomes, wall)
+            except ModelbuildError as exc:
+                errors.append(str(exc))
         if options.report:
             try:
                 write_report(options.report, report)
@@ -110,6 +156,9 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             if on_devices:
                 print(on_devices, file=sys.stderr)
             print(summary_line(outcomes, wall), file=sys.stderr)
+            if store.remote is not None and (store.remote.stats.requests
+                                             or store.remote.failure):
+                print(store.remote.summary_line(), file=sys.stderr)
         return 0 if report["ok"] and not errors else 1
     finally:
         store.close()
@@ -162,3 +211,25 @@ def print_failures(outcomes: dict[str, Outcome], mismatches: list[str]) -> None:
                 print(f"       log: {outcome.log_path}", file=sys.stderr)
     for line in mismatches:
         print(f"error: --check: {line}", file=sys.stderr)
+
+
+def write_summary(path: Path, recipe: Recipe, plan: Plan, outcomes: dict[str, Outcome],
+                  wall: float) -> None:
+    """`--summary FILE.md`: the release table as Markdown (for $GITHUB_STEP_SUMMARY)."""
+    from buildsys.release_summary import build_summary_markdown
+
+    release = next((s for s in plan.order if plan.stages[s].node.kind == "release"), None)
+    index_file = None
+    if release is not None and outcomes.get(release) and outcomes[release].ok:
+        node = plan.stages[release].node
+        index_file = recipe.project_dir / (node.publish_dir or "") / "index.json"
+    text = build_summary_markdown(recipe.name, index_file, summary_line(outcomes, wall))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelbuildError(f"cannot write the summary {path}: {exc.strerror or exc}") \
+            from exc

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelbuild",
         description="Build on-device model artifacts from a recipe, incrementally.",
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
-               "cache info|verify|gc | devices",
+               "cache info|verify|gc|push | devices",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-under", metavar="COMMAND", help="start every stage worker "
                         "under this command, e.g. 'qemu-x86_64 -cpu Haswell' to build on "
                         "another CPU model, or 'nice -n 10'")
+    parser.add_argument("--remote", metavar="URL", help="shared remote cache: s3://BUCKET/PREFIX"
+                        " (credentials from AWS_* or a profile) or a directory (default: "
+                        "$MODELBUILD_REMOTE)")
+    parser.add_argument("--remote-read-only", action="store_true", help="use the remote cache "
+                        "but never write to it")
+    parser.add_argument("--no-remote", action="store_true", help="ignore --remote and "
+                        "$MODELBUILD_REMOTE")
+    parser.add_argument("--remote-required", action="store_true", help="fail the build if "
+                        "the remote cache fails (default: build locally with a warning)")
+    parser.add_argument("--summary", type=Path, metavar="FILE.md", help="write the release "
+                        "table as Markdown (e.g. for $GITHUB_STEP_SUMMARY)")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -99,14 +110,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from buildsys.build import BuildOptions, open_store, plan_build, run_build
+    from buildsys.build import BuildOptions, attach_remote, open_store, plan_build, run_build
     from buildsys.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, frozenset(args.group))
     options = BuildOptions(
         patterns=args.patterns, force=args.force, jobs=args.jobs, keep_going=args.keep_going,
         check=args.check, report=args.report, cache_dir=args.cache_dir, quiet=args.quiet,
-        verbose=args.verbose, offline=args.offline,
+        verbose=args.verbose, offline=args.offline, remote=args.remote,
+        no_remote=args.no_remote, remote_read_only=args.remote_read_only,
+        remote_required=args.remote_required, summary=args.summary,
         run_under=shlex.split(args.run_under) if args.run_under else [],
     )
     if args.jobs < 0:
@@ -118,6 +131,7 @@ def _build(args: argparse.Namespace) -> int:
 
         store = open_store(recipe, args.cache_dir)
         try:
+            attach_remote(store, options)
             plan = plan_build(recipe, store, options)
         finally:
             store.close()

@@ -69,8 +69,15 @@ def _graph(argv: list[str]) -> int:
 def _cache(argv: list[str]) -> int:
     from buildsys.store import maintenance
 
-    parser = argparse.ArgumentParser(prog="modelbuild cache", description="Inspect the store.")
-    parser.add_argument("action", choices=["info", "verify", "gc"])
+    parser = argparse.ArgumentParser(prog="modelbuild cache", description="Inspect the store; "
+                                     "push a recipe's cached results to a remote cache.")
+    parser.add_argument("action", choices=["info", "verify", "gc", "push"])
+    parser.add_argument("recipe", type=Path, nargs="?", help="push: the recipe whose cached "
+                        "stages to upload")
+    parser.add_argument("--remote", metavar="URL", help="push: the remote cache (default: "
+                        "$MODELBUILD_REMOTE)")
+    parser.add_argument("--group", action="append", default=[], metavar="NAME",
+                        help="push: also the builds entries of this group (as when building)")
     parser.add_argument("--cache-dir", help="store location (default: .cache/ at the root of "
                         "the project holding the current directory, or $MODELBUILD_CACHE_DIR)")
     parser.add_argument("--lock", type=Path, action="append", default=[],
@@ -79,6 +86,12 @@ def _cache(argv: list[str]) -> int:
     parser.add_argument("--max-size", help="gc: then trim least recently built records until "
                         "the store is under this size (e.g. 5G, 500M)")
     args = parser.parse_args(argv)
+    if args.action == "push":
+        from buildsys.push import push_recipe
+
+        if args.recipe is None:
+            raise UsageError("cache push: which recipe? (modelbuild cache push RECIPE)")
+        return push_recipe(args.recipe, args.cache_dir, args.remote, frozenset(args.group))
     from buildsys.project import find_project_root
 
     return maintenance.run(args, find_project_root(Path.cwd()))

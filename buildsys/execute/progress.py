@@ -41,7 +41,8 @@ class PlainProgress:
 
     def finished(self, outcome: Outcome) -> None:
         self.done += 1
-        if outcome.status == Status.CACHED and not self.verbose and outcome.reason == "up to date":
+        if outcome.status == Status.CACHED and not self.verbose and \
+                outcome.reason.startswith("up to date"):
             return
         if self.quiet and outcome.status != Status.FAILED:
             return
@@ -85,6 +86,10 @@ class LiveProgress(PlainProgress):
             table.add_row(Text("⠿", style="cyan"), Text(stage_id),
                           Text(f"{now - started:5.0f} s", style="dim"),
                           Text(self.notes.get(stage_id, ""), style="dim"))
+        for name, note in sorted(self.notes.items()):  # not a stage: e.g. the remote cache
+            if name not in self.running:
+                table.add_row(Text("⇅", style="cyan"), Text(name), Text(""),
+                              Text(note, style="dim"))
         table.add_row("", Text(f"{self.done}/{self.total} stages settled", style="dim"), "", "")
         return table
 

@@ -27,8 +27,11 @@ from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
 from buildsys.plan.planner import (
     CACHED,
+    REMOTE,
+    RUN,
     SKIPPED,
     Plan,
+    remote_hit,
     resolve_input_digests,
     upstream_keys,
 )
@@ -60,6 +63,13 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status in (BUILT, CACHED) or self.planned_skip
+
+
+@dataclass
+class Requeue:
+    """Not yet: these upstream stages must run first (their outputs are nowhere to be had)."""
+
+    upstream: list[str]
 
 
 class Progress(Protocol):
@@ -98,6 +108,9 @@ class Executor:
         self._stopping = False
         self._scratches: dict[str, Path] = {}  # running stage → its scratch directory
         self._statuses: dict[str, str] = {}  # running stage → the status line last shown
+        # Stage keys whose remote result turned out unusable in this build: not asked again.
+        self._distrusted: set[str] = set()
+        self._requeued: set[str] = set()  # stages settled, then run after all: once at most
         # Remote stages wait on a service outside the -j budget. Inline stages share this
         # process (and its working directory), so there they run one at a time like the rest.
         self._remote = set() if options.inline else {
@@ -118,6 +131,9 @@ class Executor:
                     if stage_id is None:
                         break
                     outcome = self._settle_without_running(stage_id)
+                    if isinstance(outcome, Requeue):
+                        self._requeue(stage_id, outcome.upstream, waiting, ready)
+                        continue
                     if outcome is None:
                         slot = None if stage_id in self._remote else self._free_slots.pop(0)
                         self.progress.started(stage_id, self.plan.stages[stage_id].reason)
@@ -183,12 +199,14 @@ class Executor:
         self.progress.finished(outcome)
         for child in sorted(self.plan.graph.successors(outcome.stage_id)):
             waiting[child].discard(outcome.stage_id)
-            if not waiting[child]:
+            # (a requeued stage's children may be settled already)
+            if not waiting[child] and child not in self.outcomes and child not in ready:
                 ready.append(child)
 
-    def _settle_without_running(self, stage_id: str) -> Outcome | None:
-        """Skipped, cached (as planned or by early cutoff), failed at plan time (e.g. no AI Hub
-        token: it never runs), or None when it has to run."""
+    def _settle_without_running(self, stage_id: str) -> Outcome | Requeue | None:
+        """Skipped, cached (as planned, by early cutoff, or from the remote cache), failed at
+        plan time (e.g. no AI Hub token: it never runs), None when it has to run, or Requeue
+        when it has to run but inputs of its are nowhere to be had (then those run first)."""
         planned = self.plan.stages[stage_id]
         if planned.status == FAILED:  # the planner's FAILED: failed at plan time
             return Outcome(stage_id, FAILED, "cannot run", error=planned.reason)
@@ -201,6 +219,12 @@ class Executor:
                            f"upstream {failed_up[0]} {self.outcomes[failed_up[0]].status}")
         if planned.status == CACHED:
             return self._cached(stage_id, planned.key, planned.record, "up to date")
+        rebuilt_up = any(self.outcomes[u].status == BUILT
+                         for u in self.plan.graph.predecessors(stage_id))
+        if planned.status == REMOTE and not rebuilt_up:
+            settled = self._remote_hit(stage_id)
+            return settled if settled is not None else self._inputs_or_requeue(stage_id)
+        # Keyed (again) from what its inputs are now: an upstream stage ran in this build.
         node = planned.node
         records = {u: self.outcomes[u].record for u in self.plan.graph.predecessors(stage_id)}
         digests = resolve_input_digests(node, self.store, records)  # type: ignore[arg-type]
@@ -208,12 +232,89 @@ class Executor:
         planned.ingredients = ingredients(node, digests, upstream_keys(node, records))
         planned.key = stage_key(planned.ingredients)
         if planned.forced:
-            return None
+            return self._inputs_or_requeue(stage_id)
         record = self.store.get_record(planned.key)
         if record is not None and not self.store.damaged_outputs(record):
             return self._cached(stage_id, planned.key, record,
                                 "early cutoff: inputs unchanged after upstream re-ran")
+        if planned.key not in self._distrusted:  # another machine may have built it
+            found = self.store.find_remote_records([planned.key])
+            if remote_hit(node, planned.key, found):
+                planned.status, planned.record = REMOTE, found[planned.key]
+                settled = self._remote_hit(stage_id, "remote hit (keyed after upstream re-ran)")
+                if settled is not None:
+                    return settled
+        return self._inputs_or_requeue(stage_id)
+
+    def _inputs_or_requeue(self, stage_id: str) -> Requeue | None:
+        """Before a stage runs: its inputs from upstream stages, downloaded if they stayed on
+        the remote. Upstream stages whose outputs cannot be had (gone or corrupt there, or no
+        remote in use) must run first: Requeue names them."""
+        planned = self.plan.stages[stage_id]
+        parts = planned.ingredients or {}
+        lacking = sorted({ref.stage for name, ref in planned.node.inputs.items()
+                          if isinstance(ref, OutputRef)
+                          and not self.store.fetch_blob(parts["inputs"][name], label=ref.name)})
+        if not lacking or self._requeued & set(lacking):
+            return None  # (rebuilt once already and gone again: the stage fails, saying so)
+        self._requeued.update(lacking)
+        return Requeue(lacking)
+
+    def _requeue(self, stage_id: str, upstream: list[str], waiting: dict[str, set[str]],
+                 ready: list[str]) -> None:
+        """Settled upstream stages whose outputs stayed on the remote and cannot be had after
+        all: run them now (their results from the remote are not trusted again in this
+        build, nor remembered), then this stage."""
+        for up in upstream:
+            old = self.outcomes.pop(up)
+            planned = self.plan.stages[up]
+            if old.key:
+                self._distrusted.add(old.key)
+                self.store.machine.forget_remote(old.key)
+            planned.status, planned.record = RUN, None
+            planned.reason = f"its outputs are needed by {stage_id} and could not be had " \
+                             f"from the remote cache"
+            waiting[up] = set()  # its own upstream stages are settled
+            ready.insert(0, up)
+            if hasattr(self.progress, "total"):  # it is settled a second time
+                self.progress.total += 1
+        waiting[stage_id] = set(upstream)
+
+    def _remote_hit(self, stage_id: str, reason: str = "remote hit") -> Outcome | None:
+        """A stage the remote cache answered. Its blobs are downloaded only when something
+        here needs them — a stage that runs, or a final artifact (published, or a leaf of the
+        graph); otherwise only its record is used (it gives downstream stages their keys).
+        None when its blobs cannot be had after all: then it runs."""
+        planned = self.plan.stages[stage_id]
+        assert planned.key is not None and planned.record is not None
+        successors = list(self.plan.graph.successors(stage_id))
+        outputs = planned.record["outputs"].values()
+        needed = planned.node.publish_dir is not None or not successors or any(
+            self.plan.stages[s].status == RUN for s in successors) or all(
+            self.store.blob_ok(o["digest"], o["size"]) for o in outputs)  # here already: free
+        if not needed:
+            self.store.machine.set_last_key(stage_id, planned.key)
+            self._unlink_stale(planned.node, planned.record)
+            return Outcome(stage_id, CACHED, "up to date (result from the remote cache; "
+                           "not downloaded: nothing here needs it)", planned.key, planned.record,
+                           metrics=planned.record.get("metrics", {}))
+        if self.store.fetch(planned.record):
+            return self._cached(stage_id, planned.key, planned.record, reason)
+        planned.reason = ("remote hit, but its outputs could not be downloaded intact"
+                          if self.store.remote_in_use() else "its outputs are needed and only "
+                          "the remote cache has them (no remote in use)")
+        self._distrusted.add(planned.key)
+        self.store.machine.forget_remote(planned.key)
+        planned.status, planned.record = RUN, None
         return None
+
+    def _unlink_stale(self, node: StageNode, record: dict[str, Any]) -> None:
+        """Outputs an older build left in the build directory for a stage whose current
+        result stays on the remote: gone, so nobody mistakes them for this build's."""
+        base = self.options.build_dir / node.id
+        for name in record["outputs"]:
+            with contextlib.suppress(FileNotFoundError):
+                (base / name).unlink()
 
     def _cached(self, stage_id: str, key: str | None, record: dict[str, Any] | None,
                 reason: str) -> Outcome:
@@ -222,8 +323,7 @@ class Executor:
             self._materialise(self.plan.stages[stage_id].node, record)
         except (OSError, StoreError) as exc:
             return Outcome(stage_id, FAILED, reason, key, record, error=str(exc))
-        if self.store.index.get_last_key(stage_id) != key:  # reads are cheaper than writes
-            self.store.index.set_last_key(stage_id, key)
+        self.store.machine.set_last_key(stage_id, key)
         return Outcome(stage_id, CACHED, reason, key, record, metrics=record.get("metrics", {}))
 
     # --- one stage ---------------------------------------------------------------------------
@@ -336,7 +436,7 @@ class Executor:
                "threads": threads, "cpus": cpus,
                "extras": {"sys_path": [str(self.options.project_dir)],
                           "stage_key": stage_key(parts),
-                          "store_root": str(self.store.root)}}
+                          "memo_dir": str(self.store.machine.memo_dir(stage_key(parts)))}}
         (scratch / "job.json").write_text(json.dumps(job, sort_keys=True))
         return job
 
@@ -354,7 +454,7 @@ class Executor:
             if changed:
                 raise StoreError(f"{node.id}: input {ref.path} changed during the build; "
                                  f"run again")
-        elif not self.store.blob_ok(digest):
+        elif not self.store.fetch_blob(digest, label=ref.name):  # here, or from the remote
             raise StoreError(f"{node.id}: input {ref.name} from {ref.stage} is missing or "
                              f"corrupt in the store; run again to rebuild it")
         self.store.get_blob(digest, dest, verify=False)
@@ -434,7 +534,8 @@ class Executor:
         }
         # Blobs first, record last: a record never points at bytes that are not there.
         self.store.put_record(planned.key, record)
-        self.store.index.set_last_key(node.id, planned.key)
+        self.store.machine.set_last_key(node.id, planned.key)
+        self.store.push(planned.key, record, node.measurements)  # to the remote, if writable
         return record
 
     def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:

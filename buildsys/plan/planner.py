@@ -4,6 +4,10 @@ Constructive traces: a stage whose inputs are all known (source files, or output
 stages) gets its key now; if the store has a complete record for that key it is `cached`.
 A stage downstream of one that runs cannot be keyed yet: it is planned `run` and may still turn
 out cached at execution time, when its inputs' real digests are known (early cutoff).
+
+With a remote cache, stages not in the local store are looked up there in waves: one batch
+for every stage keyed so far, then again for the stages a hit made keyable (a hit's record
+gives its outputs' digests), until a wave finds nothing. A hit is planned `remote`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import networkx as nx
 
+from buildsys.hashing import digest_value
 from buildsys.plan.graph import matches, topological_order
 from buildsys.plan.keys import explain_change, ingredients, stage_key
 from buildsys.plan.node import FileRef, StageNode
@@ -21,6 +26,7 @@ from buildsys.plan.status import Status
 from buildsys.store.store import Store
 
 CACHED, RUN, SKIPPED, FAILED = Status.CACHED, Status.RUN, Status.SKIPPED, Status.FAILED
+REMOTE = Status.REMOTE  # a remote cache hit: the record is there, its blobs on the remote
 
 
 class PlanFailure(str):
@@ -77,18 +83,50 @@ def upstream_keys(node: StageNode, records: dict[str, dict[str, Any]]) -> dict[s
 
 
 def last_ingredients(store: Store, stage_id: str) -> dict[str, Any] | None:
-    key = store.index.get_last_key(stage_id)
+    key = store.machine.last_key(stage_id)
     record = store.get_record(key) if key else None
     return record.get("ingredients") if record else None
 
 
+def remote_hit(node: StageNode, key: str, remote: dict[str, dict[str, Any]]) -> bool:
+    """A record from the remote cache answers this stage: it was made from exactly these
+    ingredients (their digest is the key) and names every output the stage declares."""
+    record = remote.get(key)
+    return record is not None and digest_value(record["ingredients"]) == key \
+        and all(name in record["outputs"] for name in node.outputs)
+
+
+def make_plan_with_remote(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
+                          blocked: dict[str, str] | None = None) -> Plan:
+    """Plan against the local store, then ask the remote (batched, concurrent) about every
+    keyed stage the local store lacks; repeat while hits make more stages keyable. Without a
+    remote only what it answered before (remembered on this machine) is used."""
+    known: dict[str, dict[str, Any]] = {}
+    asked: set[str] = set()
+    while True:
+        plan = make_plan(graph, store, force, blocked, remote=known)
+        wave = sorted({p.key for p in plan.stages.values()
+                       if p.status in (RUN, SKIPPED, FAILED) and p.key and not p.forced
+                       and p.key not in asked})
+        asked.update(wave)
+        found = store.find_remote_records(wave)
+        if not found:
+            return plan
+        known.update(found)
+
+
 def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
               blocked: dict[str, str] | None = None,
-              failing: dict[str, str] | None = None) -> Plan:
+              failing: dict[str, str] | None = None,
+              remote: dict[str, dict[str, Any]] | None = None) -> Plan:
     """`blocked` maps stage ids to a reason they cannot run (e.g. AI Hub offline): skipped.
     `failing` (or a `PlanFailure` reason in `blocked`): they fail without running (e.g. no AI
-    Hub token). Either way a stage whose result is in the store already is cached."""
+    Hub token). Either way a stage whose result is in the store already is cached. `remote`:
+    records found in the remote cache, by key (a stage they answer is planned `remote`)."""
     plan = Plan(graph=graph, order=topological_order(graph))
+    remote = remote or {}
+    hit_reason = "remote hit" if store.remote_in_use() else \
+        "result from the remote cache, remembered here (no remote in use)"
     records: dict[str, dict[str, Any]] = {}
     blocked = blocked or {}
     failing = {**{s: r for s, r in blocked.items() if isinstance(r, PlanFailure)},
@@ -113,10 +151,16 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
                 records[stage_id] = record  # its result needs no network: reuse it
                 plan.stages[stage_id] = PlannedStage(node, CACHED, "up to date", key, parts,
                                                      record)
+            elif key is not None and remote_hit(node, key, remote):
+                records[stage_id] = remote[key]
+                plan.stages[stage_id] = PlannedStage(node, REMOTE, hit_reason, key, parts,
+                                                     remote[key])
             elif stage_id in failing:
-                plan.stages[stage_id] = PlannedStage(node, FAILED, str(failing[stage_id]))
+                plan.stages[stage_id] = PlannedStage(node, FAILED, str(failing[stage_id]),
+                                                     key, parts)
             else:
-                plan.stages[stage_id] = PlannedStage(node, SKIPPED, str(blocked[stage_id]))
+                plan.stages[stage_id] = PlannedStage(node, SKIPPED, str(blocked[stage_id]),
+                                                     key, parts)
             continue
         if digests is None:
             pending = sorted(u for u in graph.predecessors(stage_id)
@@ -131,6 +175,11 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
         if record is not None and not damaged and not forced:
             records[stage_id] = record
             plan.stages[stage_id] = PlannedStage(node, CACHED, "up to date", key, parts, record)
+            continue
+        if not forced and remote_hit(node, key, remote):
+            records[stage_id] = remote[key]
+            plan.stages[stage_id] = PlannedStage(node, REMOTE, hit_reason, key, parts,
+                                                 remote[key])
             continue
         if forced:
             reason = "forced"

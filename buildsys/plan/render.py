@@ -18,6 +18,8 @@ def plan_table(plan: Plan) -> str:
     lines += [f"{sid:<{width}}  {status:<7}  {reason}" for sid, status, reason in rows]
     summary = f"{plan.count(Status.RUN)} to run, {plan.count(Status.CACHED)} cached, " \
               f"{plan.count(Status.SKIPPED)} skipped"
+    if plan.count(Status.REMOTE):  # answered by the remote cache: downloaded only where needed
+        summary += f", {plan.count(Status.REMOTE)} remote hit(s)"
     if plan.count(Status.FAILED):  # e.g. an AI Hub stage without a token: fails without running
         summary += f", {plan.count(Status.FAILED)} cannot run"
     lines.append(summary)

@@ -8,6 +8,7 @@ Stage modules import heavy libraries inside `run` only: the planner imports ever
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -51,26 +52,34 @@ class StageContext:
 
     def remember(self, name: str, value: Any) -> None:
         """Record a small value under this stage's key at once, e.g. a remote job id, so an
-        interrupted build, re-run, resumes the same job instead of submitting a new one."""
-        from buildsys.store.index import Index
+        interrupted build, re-run, resumes the same job instead of submitting a new one.
 
-        index = Index(Path(self.extras["store_root"]))
-        try:
-            index.set_job(self.extras["stage_key"], name, value)
-        finally:
-            index.close()
+        The executor hands over a machine-local directory for this key (`memo_dir`); without
+        one (a stage run by hand) nothing is kept."""
+        memo = self._memo_path(name)
+        if memo is None:
+            return
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(value, sort_keys=True))
+        os.replace(tmp, memo)
 
     def recall(self, name: str) -> Any:
         """A value remembered by an earlier, interrupted run of this same stage key."""
-        from buildsys.store.index import Index
-
-        if "store_root" not in self.extras:
+        memo = self._memo_path(name)
+        if memo is None:
             return None
-        index = Index(Path(self.extras["store_root"]))
         try:
-            return index.get_job(self.extras["stage_key"], name)
-        finally:
-            index.close()
+            return json.loads(memo.read_text())
+        except (FileNotFoundError, ValueError):  # never remembered, or cut off mid-write
+            return None
+
+    def _memo_path(self, name: str) -> Path | None:
+        if "memo_dir" not in self.extras:
+            return None
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise StageError(f"{self.stage_id}: cannot remember {name!r}: not a plain name")
+        return Path(self.extras["memo_dir"]) / f"{name}.json"
 
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from buildsys.release_summary import release_markdown
 from buildsys.stages._common import PYTHON_TOOLS, read_json, write_json
 from buildsys.stages.base import Stage, StageContext
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 class ReleaseIndexStage(Stage):
@@ -37,7 +34,7 @@ class ReleaseIndexStage(Stage):
                 row["size_ratio_vs_float"] = round(base / row["model_bytes"], 2)
         index = {"recipe": ctx.params["recipe"], "variants": rows}
         write_json(ctx.output("index.json"), index)
-        ctx.output("README.md").write_text(self._readme(ctx.params["recipe"], rows))
+        ctx.output("README.md").write_text(release_markdown(ctx.params["recipe"], rows))
         return {"variants": len(rows)}
 
     def _row(self, ctx: StageContext, entry: dict[str, Any]) -> dict[str, Any]:
@@ -63,20 +60,6 @@ class ReleaseIndexStage(Stage):
             row["psnr_db"] = {n: o["psnr_db"] for n, o in validation["outputs"].items()}
             row["validation"] = validation["outputs"]
         return row
-
-    def _readme(self, recipe: str, rows: list[dict[str, Any]]) -> str:
-        lines = [f"# Release: {recipe}", "",
-                 "| variant | size | × smaller than float | latency (median) | where | PSNR |",
-                 "|---|---|---|---|---|---|"]
-        for r in rows:
-            latency = r.get("latency_ms") or {}
-            median = f"{latency['median']:.2f} ms" if latency.get("median") is not None else "–"
-            psnr = ", ".join(f"{v:.1f} dB" for v in (r.get("psnr_db") or {}).values()) or "–"
-            ratio = f"{r['size_ratio_vs_float']:.2f}×" if "size_ratio_vs_float" in r else "–"
-            lines.append(f"| {r['id']} | {_size(r['model_bytes'])} | {ratio} | {median} | "
-                         f"{r.get('latency_where') or '–'} | {psnr} |")
-        lines += ["", "Latency on the host CPU or the HTP simulator is not phone latency."]
-        return "\n".join(lines) + "\n"
 
 
 def _sha(path: Path) -> str:

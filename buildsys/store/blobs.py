@@ -107,6 +107,27 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
+    def new_tmp(self, label: str) -> Path:
+        """A fresh temporary file name in the store's filesystem (owner-tagged, so a killed
+        build's leftovers are swept)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=f"{label}{owner_tag()}")
+        os.close(fd)
+        return Path(name)
+
+    def adopt(self, tmp: Path, digest: str) -> None:
+        """Move a temporary file whose bytes were just verified to hash to `digest` into
+        place (same filesystem: no copy)."""
+        final = self._path(digest)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, READ_ONLY)
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot store blob {digest[:12]} in {self.root}: "
+                             f"{exc.strerror or exc}") from exc
+
     def materialise(self, digest: str, dest: Path, *, verify: bool = True) -> None:
         """Place the blob at `dest` (hardlink, or a read-only copy across filesystems)."""
         source = self._path(digest)
@@ -122,6 +143,9 @@ class BlobStore:
             shutil.copyfile(source, tmp)
             os.chmod(tmp, READ_ONLY)
         os.replace(tmp, dest)
+        # rename(2) does nothing when both names are links of one file (another build placed
+        # the same blob there meanwhile): the temporary name would stay behind.
+        tmp.unlink(missing_ok=True)
 
     def is_materialised(self, digest: str, dest: Path) -> bool:
         """True when `dest` is a hardlink of the blob (same inode): nothing to do, no hashing."""

@@ -24,8 +24,8 @@ from buildsys.errors import StoreError
 
 RECORD = "ac:"
 LAST_KEY = "last:"
-JOB = "job:"
 STAT = "stat:"
+SEEN_REMOTE = "seen-remote:"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -260,12 +260,23 @@ class Index:
     def set_last_key(self, stage_id: str, stage_key: str) -> None:
         self._set(LAST_KEY + stage_id, stage_key)
 
-    # remote jobs submitted for a stage key (AI Hub): resume instead of resubmitting
-    def get_job(self, stage_key: str, name: str) -> Any:
-        return self._get(f"{JOB}{stage_key}:{name}")
+    # records a remote cache answered with, whose blobs were not downloaded (machine-local)
+    def get_seen_remote(self, stage_key: str) -> Any:
+        return self._get(SEEN_REMOTE + stage_key)
 
-    def set_job(self, stage_key: str, name: str, value: Any) -> None:
-        self._set(f"{JOB}{stage_key}:{name}", value)
+    def set_seen_remote(self, stage_key: str, record: dict[str, Any]) -> None:
+        self._set(SEEN_REMOTE + stage_key, record)
+
+    def forget_seen_remote_key(self, stage_key: str) -> None:
+        self._delete(SEEN_REMOTE + stage_key)
+
+    def forget_seen_remote(self, keep: set[str]) -> int:
+        """Drop remembered remote records except those of these keys; how many went."""
+        gone = [k for k in self._keys()
+                if k.startswith(SEEN_REMOTE) and k[len(SEEN_REMOTE):] not in keep]
+        for key in gone:
+            self._delete(key)
+        return len(gone)
 
     # stat cache entries
     def get_stat(self, path: str) -> Any:

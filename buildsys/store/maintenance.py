@@ -111,6 +111,7 @@ def gc(store: Store, args: argparse.Namespace) -> int:
             store.index.delete_record(key)
             del records[key]
             removed += 1
+    store.index.forget_seen_remote(keep_keys)  # what a remote cache answered, machine-local
     live = {o["digest"] for r in records.values() for o in r["outputs"].values()}
     store.sweep_tmp()  # scratch directories and half-written blobs of killed builds
     freed = 0

@@ -1,8 +1,11 @@
 """The store interface the rest of modelbuild uses: blobs by digest, records by stage key.
 
-Nothing outside this package builds paths into the cache directory, so a remote tier (shared
-directory, S3 via fsspec: `cas/<digest>`, `ac/<key>`) can later wrap `Store` with the same five
-operations: has_blob / get_blob / put_blob / get_record / put_record.
+Tiers: this machine's store (`cas/` + the index) is the first; an optional remote tier
+(`store/remote.py`: S3-compatible or a shared directory) sits behind it with the same
+operations — has / get / put a blob by digest, get / put a record by stage key. Callers ask
+for records and blobs; nothing outside this package knows which tier answered or builds a
+path into one. What is machine-local (stat cache, last keys, job memos) lives in
+`self.machine` and is never shared.
 """
 
 from __future__ import annotations
@@ -10,12 +13,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from buildsys.errors import StoreError
 from buildsys.store.blobs import BlobStore, owner_is_dead, owner_tag
 from buildsys.store.index import Index
+from buildsys.store.machine import MachineState
 from buildsys.store.statcache import StatCache
+
+if TYPE_CHECKING:
+    from buildsys.store.remote import RemoteTier
 
 CACHE_ENV = "MODELBUILD_CACHE_DIR"
 
@@ -32,8 +45,18 @@ class Store:
         self.blobs = BlobStore(root)
         self.index = Index(root)
         self.stats = StatCache(self.index)
+        self.machine = MachineState(root, self.index)  # never shared with a remote tier
+        self.remote: RemoteTier | None = None
+        self._uploads: list[Future[None]] = []
+        self._uploader: ThreadPoolExecutor | None = None
+        self._uploads_lock = threading.Lock()
 
     def close(self) -> None:
+        if self.remote is not None:
+            self.finish_uploads()
+            self.remote.close()
+            if self._uploader is not None:
+                self._uploader.shutdown(wait=True)
         self.index.close()
 
     # blobs
@@ -115,3 +138,131 @@ class Store:
                     entry.unlink(missing_ok=True)
                 removed.append(entry)
         return removed
+
+    # --- the remote tier -----------------------------------------------------------------------
+    def attach_remote(self, remote: RemoteTier) -> None:
+        """Use a remote tier behind this store. Opening it makes no request: a build that
+        finds everything here never talks to it."""
+        self.remote = remote
+
+    def remote_in_use(self) -> bool:
+        return self.remote is not None and self.remote.available
+
+    def find_remote_records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Records the remote holds for these keys (looked up concurrently, in one batch)
+        whose every blob exists, here or on the remote: a record whose blob is gone is a miss.
+        Records it answered before come from this machine's memory, without a request."""
+        remote = self.remote
+        keys = list(keys)
+        # Answered before (and not downloaded): no request — and known even with no remote
+        # at hand, so an offline no-op stays a no-op. Should its blobs be needed and gone,
+        # fetching them fails and the stage runs after all.
+        seen = {k: r for k in keys if (r := self.machine.seen_remote(k)) is not None}
+        if remote is None or not remote.available or len(seen) == len(keys):
+            return seen
+        found = self._blobs_present(remote, remote.get_records(k for k in keys if k not in seen))
+        for key, record in found.items():
+            self.machine.remember_remote(key, record)
+        return {**seen, **found}
+
+    def _blobs_present(self, remote: RemoteTier,
+                       records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        wanted = {o["digest"]: o["size"] for r in records.values()
+                  for o in r["outputs"].values() if not self.blobs.has(o["digest"], o["size"])}
+        present = remote.has_blobs(wanted) if wanted else set()
+        if not remote.available:  # it failed while we asked: misses, already warned about
+            return {}
+        usable = {}
+        for key, record in records.items():
+            gone = [n for n, o in record["outputs"].items()
+                    if o["digest"] in wanted and o["digest"] not in present]
+            if gone:
+                warnings.warn(f"remote cache {remote.name}: record of {record['stage_id']} "
+                              f"names missing blob(s) ({', '.join(gone[:3])}); a miss",
+                              stacklevel=2)
+            else:
+                usable[key] = record
+        return usable
+
+    def fetch_blob(self, digest: str, size: int | None = None, label: str = "") -> bool:
+        """Make a blob local, from the remote if needed; True when it is here and intact."""
+        if self.blob_ok(digest, size):
+            return True
+        if not self.remote_in_use():
+            return False
+        assert self.remote is not None
+        tmp = self.blobs.new_tmp("fetch")
+        try:
+            if not self.remote.get_blob(digest, size, tmp, label):
+                return False
+            self.blobs.adopt(tmp, digest)
+        except StoreError as exc:  # our own disk: the stage then runs (and says so)
+            warnings.warn(f"cannot keep a blob fetched from the remote cache: {exc}",
+                          stacklevel=2)
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.stats.vouch(self.blobs.path_of(digest), digest)  # hashed as it arrived
+        return True
+
+    def fetch(self, record: dict[str, Any]) -> bool:
+        """Download the record's blobs that are not here (verified as they stream), then
+        keep the record: blobs first, record last. False when any blob could not be had."""
+        outputs = list(record["outputs"].items())
+        remote = self.remote
+        if remote is not None and len(outputs) > 1:
+            ok = all(remote.map(lambda item: self.fetch_blob(
+                item[1]["digest"], item[1]["size"], item[0]), outputs))
+        else:
+            ok = all(self.fetch_blob(o["digest"], o["size"], n) for n, o in outputs)
+        if ok:
+            self.put_record(record["key"], record)
+        return ok
+
+    def push(self, stage_key: str, record: dict[str, Any],
+             measurements: Iterable[str] = ()) -> None:
+        """Upload a record's blobs, then the record (create-only), in the background."""
+        if self.remote is None or not self.remote.writable or not self.remote.available:
+            return
+        from buildsys.store.remote import TRANSFERS
+
+        with self._uploads_lock:  # stage threads finish (and push) concurrently
+            if self._uploader is None:
+                self._uploader = ThreadPoolExecutor(TRANSFERS, thread_name_prefix="upload")
+            self._uploads.append(self._uploader.submit(
+                self._upload, stage_key, record, tuple(measurements)))
+
+    def _upload(self, stage_key: str, record: dict[str, Any],
+                measurements: tuple[str, ...]) -> None:
+        from buildsys.store.remote import DIFFERENT
+
+        remote = self.remote
+        assert remote is not None
+        for name, output in sorted(record["outputs"].items()):
+            digest = output["digest"]
+            if not self.blob_ok(digest, output["size"]):
+                return  # damaged here: never spread it (the next build rebuilds it)
+            if not remote.put_blob(digest, self.blobs.path_of(digest), output["size"], name):
+                return  # no record without its blobs
+        outcome = remote.put_record(stage_key, record, ignore=measurements)
+        if outcome is not None and outcome.startswith(DIFFERENT):
+            warnings.warn(f"{record.get('stage_id', stage_key[:12])} is not deterministic: "
+                          f"the remote cache already holds a result for key "
+                          f"{stage_key[:12]} with other bytes for "
+                          f"{outcome.split(': ', 1)[1]} (the remote's record is kept)",
+                          stacklevel=2)
+
+    def finish_uploads(self) -> None:
+        """Wait for the background uploads (each request is bounded by its timeouts)."""
+        with self._uploads_lock:
+            pending, self._uploads = self._uploads, []
+        wait_all(pending)
+        for future in pending:
+            exc = future.exception()
+            if exc is not None:
+                warnings.warn(f"upload to the remote cache failed: {exc}", stacklevel=2)
+
+    def on_transfer(self, report: Callable[[str], None]) -> None:
+        """Where lines about large transfers (bytes, rate) go."""
+        if self.remote is not None:
+            self.remote.on_progress = report

@@ -725,7 +725,7 @@ def run_compile_stage(tmp_path: Path, inputs: dict[str, Path]) -> dict[str, Any]
                 "io": {"inputs": {"x": {"shape": [1, 4], "dtype": "float32"}},
                        "outputs": ["y"]}},
         inputs=inputs, out_dir=tmp_path / "out", work_dir=tmp_path / "work",
-        extras={"store_root": str(tmp_path / "store"), "stage_key": "k" * 64})
+        extras={"memo_dir": str(tmp_path / "memo"), "stage_key": "k" * 64})
     for directory in (ctx.out_dir, ctx.work_dir):
         directory.mkdir()
     return AIHubCompileStage().run(ctx)
