@@ -221,8 +221,7 @@ def write_summary(path: Path, recipe: Recipe, plan: Plan, outcomes: dict[str, Ou
     release = next((s for s in plan.order if plan.stages[s].node.kind == "release"), None)
     index_file = None
     if release is not None and outcomes.get(release) and outcomes[release].ok:
-        node = plan.stages[release].node
-        index_file = recipe.project_dir / (node.publish_dir or "") / "index.json"
+        index_file = recipe.release_dir / "index.json"
     text = build_summary_markdown(recipe.name, index_file, summary_line(outcomes, wall))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

@@ -289,7 +289,7 @@ class Executor:
         assert planned.key is not None and planned.record is not None
         successors = list(self.plan.graph.successors(stage_id))
         outputs = planned.record["outputs"].values()
-        needed = planned.node.publish_dir is not None or not successors or any(
+        needed = planned.node.publish or not successors or any(
             self.plan.stages[s].status == RUN for s in successors) or all(
             self.store.blob_ok(o["digest"], o["size"]) for o in outputs)  # here already: free
         if not needed:

@@ -47,7 +47,7 @@ def test_every_data_file_of_the_package_is_declared_as_package_data() -> None:
 
 def test_the_engine_installs_no_toolchain_and_declares_what_it_imports() -> None:
     base = {_name(r) for r in PROJECT["dependencies"]}
-    assert base == {"pyyaml", "jsonschema", "networkx", "diskcache", "rich"}
+    assert base == {"pyyaml", "jsonschema", "networkx", "diskcache", "rich", "obstore"}
     assert not base & set(EXTRA_FOR)
 
 

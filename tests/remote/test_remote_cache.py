@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, Project, statuses
 from tests.reliability.helpers import PY, chain_recipe, kill_group, start_build
@@ -26,14 +27,21 @@ STEPS = 6
 
 def chain_leaves(recipe_text: str) -> set[str]:
     """Steps whose outputs no other step reads: the final artifacts of a chain recipe."""
-    import yaml
-
     steps = yaml.safe_load(recipe_text)["steps"]
     read = {dep for step in steps.values() for dep in step.get("deps") or []}
     return {f"steps/{name}" for name, step in steps.items() if not set(step["outs"]) & read}
 
 
 LEAVES = chain_leaves(chain_recipe(STEPS, sleep=0.0))
+
+
+def build_dir(root: Path) -> Path:
+    """build/<recipe>/ under the project root (the test projects' root is their directory)."""
+    return root / "build" / yaml.safe_load((root / "recipe.yaml").read_text())["recipe"]
+
+
+def release_dir(root: Path) -> Path:
+    return root / "release" / yaml.safe_load((root / "recipe.yaml").read_text())["recipe"]
 
 
 def project_at(root: Path, recipe_text: str) -> Project:
@@ -50,11 +58,11 @@ def leaf_outputs(root: Path, leaves: set[str] = LEAVES) -> dict[str, str]:
     """sha256 of the final outputs (what nothing downstream reads) in the build directory."""
     out = {}
     for stage in sorted(leaves):
-        for path in sorted((root / "build" / stage).rglob("*")):
+        for path in sorted((build_dir(root) / stage).rglob("*")):
             if path.is_file():
                 out[path.relative_to(root).as_posix()] = hashlib.sha256(
                     path.read_bytes()).hexdigest()
-    assert out, f"no outputs of {sorted(leaves)} under {root / 'build'}"
+    assert out, f"no outputs of {sorted(leaves)} under {build_dir(root)}"
     return out
 
 
@@ -115,7 +123,7 @@ def change_w8a8_to_per_channel(project: Project) -> None:
 
 
 def archives(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((root / "dist").glob("*.tar.gz"))}
+    return {p.name: p.read_bytes() for p in sorted(release_dir(root).glob("*.tar.gz"))}
 
 
 @pytest.mark.slow
@@ -134,7 +142,7 @@ def test_two_runners_share_one_remote(seaweed: SeaweedServer, tmp_path: Path) ->
     # only what the release needs was downloaded: not the captured model or the fp32 ONNX
     fetched = second["remote"]["blobs_downloaded"]
     assert 0 < fetched < len(objects(seaweed, "two-runners")) // 2
-    assert not (b.root / "build" / "tiny" / "export").exists()
+    assert not (build_dir(b.root) / "tiny" / "export").exists()
     summary = (tmp_path / "summary.md").read_text()
     assert "| tiny/w8a8/onnx/host |" in summary and "| variant | size |" in summary
 
@@ -153,7 +161,7 @@ def test_two_runners_share_one_remote(seaweed: SeaweedServer, tmp_path: Path) ->
     assert statuses(fourth, "built") == set(), fourth["process"].stderr
     assert archives(a.root) == archives(b.root)
     # A's old w8a8 model is not left in build/ looking like this build's (it stays remote)
-    stale = a.root / "build" / "tiny" / "w8a8" / "quantize"
+    stale = build_dir(a.root) / "tiny" / "w8a8" / "quantize"
     assert stale.is_dir() and not [p for p in stale.rglob("*") if p.is_file()]
     assert_remote_consistent(seaweed, "two-runners")
 
@@ -180,7 +188,7 @@ def test_directory_remote_push_plan_and_quiet_noop(tmp_path: Path) -> None:
     first = b.build("recipe.yaml", env=env_remote)
     assert statuses(first, "built") == set()
     assert leaf_outputs(b.root) == leaf_outputs(a.root)
-    assert not (b.root / "build" / "steps" / "s0").exists()  # intermediate: not downloaded
+    assert not (build_dir(b.root) / "steps" / "s0").exists()  # intermediate: not downloaded
     noop = b.build("recipe.yaml", env=env_remote)
     assert statuses(noop, "built") == set() and noop["remote"]["requests"] == 0
     # offline, the results the remote gave are remembered: still nothing to build
@@ -207,7 +215,7 @@ def test_server_killed_mid_build(tmp_path: Path) -> None:
                      for p, name, extra in ((plain, "killed", ()),
                                             (strict, "killed-strict", ("--remote-required",)))]
         deadline = time.monotonic() + 60
-        while not all((p.root / "build" / "steps" / "s1").exists() for p in (plain, strict)):
+        while not all((build_dir(p.root) / "steps" / "s1").exists() for p in (plain, strict)):
             assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
             time.sleep(0.05)
     finally:
@@ -325,7 +333,7 @@ def test_upload_killed_half_way(seaweed: SeaweedServer, tmp_path: Path) -> None:
     a = project_at(tmp_path / "a", recipe)
     process = start_build(a.root, "--remote", seaweed.url("half"), env=CREDENTIALS)
     deadline = time.monotonic() + 60
-    while not (a.root / "build" / "steps" / "big" / "big.bin").exists():
+    while not (build_dir(a.root) / "steps" / "big" / "big.bin").exists():
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.01)
     kill_group(process)  # the upload starts as the output is stored: mid-upload or sooner
