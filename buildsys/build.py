@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from buildsys.errors import ModelbuildError, RecipeError, StageError
@@ -72,6 +73,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         executor = Executor(plan, store, ExecuteOptions(
             build_dir=build_dir(recipe), project_dir=recipe.project_dir, jobs=jobs,
             keep_going=options.keep_going, inline=options.inline), progress)
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             outcomes = executor.run()
         finally:
@@ -85,7 +87,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             except ModelbuildError as exc:
                 errors.append(str(exc))
         wall = time.monotonic() - started
-        report = report_dict(recipe.name, outcomes, wall, mismatches)
+        report = report_dict(recipe.name, outcomes, wall, mismatches, started_at)
         if errors:
             report.update(ok=False, errors=list(errors))
         if options.report:
@@ -94,6 +96,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             except ModelbuildError as exc:
                 errors.append(str(exc))
         print_failures(outcomes, mismatches)
+        release_page(recipe, store, report, outcomes, options.quiet)
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         if not options.quiet:
@@ -105,6 +108,33 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         return 0 if report["ok"] and not errors else 1
     finally:
         store.close()
+
+
+def release_page(recipe: Recipe, store: Store, report: dict[str, object],
+                 outcomes: dict[str, Outcome], quiet: bool) -> None:
+    """Write the HTML report beside the release index when this build made or changed
+    anything (or the page is missing); a no-op build imports nothing for it. A page that
+    cannot be written is a warning: the release itself is fine."""
+    from buildsys.report import RELEASE_STAGE, last_build_path, page_path
+
+    release = outcomes.get(RELEASE_STAGE)
+    if release is None or release.status not in ("built", "cached"):
+        return
+    if all(o.status != "built" for o in outcomes.values()) and page_path(recipe).exists():
+        return
+    from buildsys.report.page import write_page
+
+    try:
+        write_report(last_build_path(recipe), report)  # the page's timeline, kept for later
+        page = write_page(recipe, store, report)
+    except Exception as exc:  # a broken page must not fail a finished build
+        reason = str(exc) if isinstance(exc, ModelbuildError) else f"{type(exc).__name__}: {exc}"
+        print(f"warning: no report page ({reason}); `modelbuild report {recipe.path}` "
+              f"tries again", file=sys.stderr)
+        return
+    if not quiet:
+        print(f"report: {page.path} ({page.bytes / 1e6:.1f} MB, {page.seconds:.1f} s)",
+              file=sys.stderr)
 
 
 def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Plan,

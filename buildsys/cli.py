@@ -12,7 +12,7 @@ from pathlib import Path
 
 from buildsys.errors import ModelbuildError, RecipeError, UsageError
 
-SUBCOMMANDS = {"validate", "graph", "cache", "devices"}
+SUBCOMMANDS = {"validate", "graph", "cache", "devices", "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelbuild",
         description="Build on-device model artifacts from a recipe, incrementally.",
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
-               "cache info|verify|gc | devices",
+               "cache info|verify|gc | devices | report RECIPE",
     )
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("patterns", nargs="*", help="build only matching stages (glob over "
