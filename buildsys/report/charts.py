@@ -147,6 +147,9 @@ def accuracy_chart(name: str, title: str, variants: Sequence[VariantFigures],
             if min(costs) > 0 and max(costs) / min(costs) > 20:
                 axes.set_xscale("log")
             axes.margins(x=0.25, y=0.2)
+            low, high = axes.get_ylim()
+            if mine[0][2].endswith("(%)") and high > 100:  # no room above 100 %
+                axes.set_ylim(low, 100 + 0.04 * (high - low))
         if heading:
             figure.suptitle(heading, fontsize=10, x=0.02, ha="left")
         handles = _legend_handles([p[0] for p in points], schemes, targets)
@@ -156,7 +159,7 @@ def accuracy_chart(name: str, title: str, variants: Sequence[VariantFigures],
 
 def _cost(variant: VariantFigures, cost: str) -> float | None:
     if cost == "size":
-        return variant.model_bytes / 1e6
+        return variant.model_bytes / 1e6 if variant.model_bytes else None
     return variant.latency_ms
 
 

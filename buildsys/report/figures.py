@@ -34,7 +34,7 @@ class VariantFigures:
     quantization: str
     target: str
     device: str
-    model_bytes: int
+    model_bytes: int | None
     size_ratio_vs_float: float | None  # float's size / this size ("× smaller than float")
     latency_ms: float | None  # median
     latency_where: str | None  # the release index's own words
@@ -44,6 +44,9 @@ class VariantFigures:
     archive: str | None
     peak_memory_mb: float | None = None
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    # Run on a real device through AI Hub (not packaged, so not in the release index): the
+    # device, runtime, job link, peak memory range, ops per compute unit.
+    aihub: dict[str, Any] | None = None
 
     @property
     def short(self) -> str:
@@ -73,7 +76,8 @@ def variant_figures(row: dict[str, Any]) -> VariantFigures:
     median = latency.get("median") if isinstance(latency, dict) else latency
     return VariantFigures(
         id=row["id"], model=row["model"], quantization=row["quantization"],
-        target=row["target"], device=row["device"], model_bytes=int(row["model_bytes"]),
+        target=row["target"], device=row["device"],
+        model_bytes=int(row["model_bytes"]) if row.get("model_bytes") is not None else None,
         size_ratio_vs_float=row.get("size_ratio_vs_float"),
         latency_ms=float(median) if isinstance(median, int | float) else None,
         latency_where=row.get("latency_where"),
@@ -84,6 +88,7 @@ def variant_figures(row: dict[str, Any]) -> VariantFigures:
         archive=row.get("archive"),
         peak_memory_mb=row.get("peak_memory_mb"),
         sensitivity=sensitivity(row.get("sensitivity")),
+        aihub=row.get("aihub"),
     )
 
 

@@ -87,6 +87,7 @@ def gather(recipe: Recipe, store: Store, build_report: dict[str, Any] | None) ->
         index_path = reader.blob(release["outputs"]["index.json"]["digest"], "index.json")
         index = json.loads(index_path.read_text(encoding="utf-8"))
         variants = [variant_figures(row) for row in index.get("variants", [])]
+        variants += _aihub_variants(recipe, reader)
         tasks = {name: spec.get("task", "other")
                  for name, spec in recipe.section("models").items()}
         segmentation = [_segmentation(recipe, reader, release, model, variants)
@@ -131,6 +132,45 @@ def _segmentation(recipe: Recipe, reader: StoreReader, release: dict[str, Any], 
             continue
         found.variants[variant.id] = load_samples_npz(reader.blob(digest, "outputs.npz"))
     return found
+
+
+def _aihub_variants(recipe: Recipe, reader: StoreReader) -> list[VariantFigures]:
+    """Variants run on real devices through AI Hub: not packaged, so not in the release
+    index, but their on-device latency and outputs are what the page is for. Rows shaped
+    like the index's, from the inference and validation records."""
+    rows = []
+    devices = recipe.section("devices")
+    for v in recipe.variants:
+        if devices[v.device]["backend"] != "aihub":
+            continue
+        infer = reader.record(f"{v.id}/infer")
+        validate = reader.record(f"{v.id}/validate")
+        if infer is None:
+            continue
+        m = infer.get("metrics") or {}
+        row: dict[str, Any] = {
+            "id": v.id, "model": v.model, "quantization": v.quantization, "target": v.target,
+            "device": v.device, "model_bytes": _compiled_bytes(reader, v.id),
+            "latency_ms": {"median": m.get("estimated_inference_time_ms")},
+            "latency_where": m.get("where") or f"{m.get('device', v.device)} (AI Hub)",
+            "aihub": {k: m[k] for k in ("device", "runtime", "url", "peak_memory_range_mb",
+                                        "compute_unit_ops") if k in m}}
+        outputs = ((validate or {}).get("metrics") or {}).get("outputs") or {}
+        row["psnr_db"] = {n: o["psnr_db"] for n, o in outputs.items() if "psnr_db" in o}
+        row["validation"] = outputs
+        rows.append(variant_figures(row))
+    return rows
+
+
+def _compiled_bytes(reader: StoreReader, variant_id: str) -> int | None:
+    """The size of what AI Hub compiled (and linked) for the device, job files aside."""
+    model, quantization, target, device = variant_id.split("/")
+    for kind in ("link", "compile"):
+        record = reader.record(f"{model}/{quantization}/{target}@{device}/{kind}")
+        if record is not None:
+            sizes = [o["size"] for n, o in record["outputs"].items() if n != "job.json"]
+            return sum(sizes) if sizes else None
+    return None
 
 
 def _released_outputs(reader: StoreReader, variant_id: str, released: dict[str, str],

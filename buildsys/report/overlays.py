@@ -201,7 +201,7 @@ def _png(rgb: np.ndarray) -> str:
     from PIL import Image
 
     image = Image.fromarray(rgb).quantize(
-        256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

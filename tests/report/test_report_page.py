@@ -56,7 +56,7 @@ class PageParser(HTMLParser):
             self.charts.append(a["data-chart"] or "")
         for name in ("src", "href"):
             value = a.get(name) or ""
-            if tag in ("img", "script", "link", "a", "iframe") and re.match(r"[a-z]+://",
+            if tag in ("img", "script", "link", "iframe") and re.match(r"[a-z]+://",
                                                                              value):
                 self.external.append(f"<{tag} {name}={value}>")
 
