@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from buildsys.build import open_store
 from buildsys.data.datasets import load_samples_npz
+from buildsys.recipe.load import load_recipe
 from buildsys.report.charts import sensitivity_chart
 from buildsys.report.figures import pareto_front, variant_figures
 from buildsys.report.overlays import CITYSCAPES, palette
+from buildsys.report.page import write_page
 from tests.conftest import REPO
 from tests.report.conftest import TinyRelease
 
@@ -183,14 +186,23 @@ def test_report_command_renders_again_from_the_store(tiny_release: TinyRelease,
     assert again.rows == first.rows and again.disagreements == first.disagreements
     assert "local-1" in out.read_text()  # the timeline of the last build, kept in build/
 
+    # Without the kept build report: durations from the store's records, no start times.
     kept = tiny_release.project.root / "build" / "last-build.json"
     aside = kept.with_suffix(".aside")
     kept.rename(aside)
+    recipe = load_recipe(tiny_release.project.root / "recipe.yaml")
+    store = open_store(recipe, None)
     try:
-        tiny_release.project.run("report", "recipe.yaml", "-o", str(out))
+        write_page(recipe, store, path=out)
     finally:
+        store.close()
         aside.rename(kept)
-    assert "No report of the last build was kept" in out.read_text()
+    text = out.read_text()
+    assert "No report of the last build was kept" in text
+    assert 'data-chart="timeline"' not in text  # no start times: no Gantt chart
+    slowest = max(tiny_release.report["stages"], key=lambda s: s["duration_s"])["id"]
+    assert text.index(slowest, text.index('id="slowest"')) < text.index("</tbody>",
+                                                                         text.index('id="slowest"'))
     assert parse(out).rows == first.rows
 
 
