@@ -120,13 +120,16 @@ def release_page(recipe: Recipe, store: Store, report: dict[str, object],
     release = outcomes.get(RELEASE_STAGE)
     if release is None or release.status not in ("built", "cached"):
         return
-    if all(o.status != "built" for o in outcomes.values()) and page_path(recipe).exists():
+    ran = any(o.status == "built" for o in outcomes.values())
+    if not ran and page_path(recipe).exists():
         return
     from buildsys.report.page import write_page
 
     try:
-        write_report(last_build_path(recipe), report)  # the page's timeline, kept for later
-        page = write_page(recipe, store, report)
+        # The page's timeline is the last build that ran something; kept for later renders.
+        if ran or not last_build_path(recipe).exists():
+            write_report(last_build_path(recipe), report)
+        page = write_page(recipe, store, report if ran else None)
     except Exception as exc:  # a broken page must not fail a finished build
         reason = str(exc) if isinstance(exc, ModelbuildError) else f"{type(exc).__name__}: {exc}"
         print(f"warning: no report page ({reason}); `modelbuild report {recipe.path}` "

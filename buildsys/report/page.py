@@ -76,7 +76,7 @@ def render_page(recipe: Recipe, store: Store,
                      "" if sensitivity else "This release index carries no per-layer "
                      "sensitivity data."))
     labels = {v.id: f"{v.quantization} · {v.target} · {v.device}" for v in variants}
-    overlays = [model_overlays(s, labels) for s in data.segmentation]
+    overlays = [_overlays_or_problem(model_overlays, s, labels) for s in data.segmentation]
     timeline = data.timeline
     timeline_chart = draw.timeline_chart("timeline", timeline) if timeline else None
     all_charts = [c for _, _, cs, _ in sections for c in cs]
@@ -89,7 +89,21 @@ def render_page(recipe: Recipe, store: Store,
     return html, len(all_charts)
 
 
+def _overlays_or_problem(draw: Any, inputs: Any, labels: dict[str, str]) -> Any:
+    """One model's overlays; outputs the page cannot read as class maps (another layout,
+    shapes that differ between variants) leave a note instead of failing the page."""
+    from buildsys.report.overlays import ModelOverlays
+
+    try:
+        return draw(inputs, labels)
+    except (ValueError, IndexError, KeyError) as exc:
+        return ModelOverlays(inputs.model, 0, "", [], [], [], inputs.missing,
+                             problem=f"its outputs could not be drawn as class maps ({exc})")
+
+
 def _accuracy_note(variants: list[VariantFigures]) -> str:
+    if not any(v.task_metric or v.psnr_db for v in variants):
+        return "No variant was validated: there is no accuracy to plot."
     metrics = {v.task_metric.label for v in variants if v.task_metric}
     if any("fp32" in m for m in metrics):
         return ("Accuracy here is agreement with the fp32 model's own predictions on the "

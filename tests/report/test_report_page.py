@@ -176,6 +176,15 @@ def test_no_op_build_keeps_the_page_and_imports_no_plotting(
     assert "report:" not in result.stderr
     assert tiny_release.page.stat().st_mtime_ns == before
 
+    tiny_release.page.unlink()  # e.g. dist/ cleaned: the next build, even a no-op, writes it
+    again = tiny_release.project.run("recipe.yaml")
+    assert f"report: {tiny_release.page}" in again.stderr
+    assert parse(tiny_release.page).rows.keys() == {r["id"] for r in
+                                                    tiny_release.index["variants"]}
+    # its timeline is still the last build that ran something, not the no-op
+    built = len(tiny_release.report["stages"])
+    assert f"<b>{built}</b><span>stages built</span>" in tiny_release.page.read_text()
+
 
 def test_report_command_renders_again_from_the_store(tiny_release: TinyRelease,
                                                      tmp_path: Path) -> None:
