@@ -189,11 +189,14 @@ def test_no_op_build_keeps_the_page_and_imports_no_plotting(
 def test_report_command_renders_again_from_the_store(tiny_release: TinyRelease,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "again.html"
-    result = tiny_release.project.run("report", "recipe.yaml", "-o", str(out))
-    assert f"wrote {out}" in result.stdout
+    result = tiny_release.project.run("report", "recipe.yaml", "-o", str(out),
+                                      "--build-report", "report.json")
+    assert f"wrote {out} (" in result.stdout and "5 charts" in result.stdout
     again, first = parse(out), parse(tiny_release.page)
     assert again.rows == first.rows and again.disagreements == first.disagreements
-    assert "local-1" in out.read_text()  # the timeline of the last build, kept in build/
+    text = out.read_text()
+    assert f"build started {tiny_release.report['started_at']}" in text
+    assert "local-1" in text
 
     # Without the kept build report: durations from the store's records, no start times.
     kept = tiny_release.project.root / "build" / "last-build.json"
