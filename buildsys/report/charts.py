@@ -10,14 +10,16 @@ figures are in the table beside the charts.
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from buildsys.report.figures import VariantFigures, accuracy_of, pareto_front
-from buildsys.report.timeline import BUILT, FAILED, Timeline
+from buildsys.report.timeline import BUILT, FAILED, StageRun, Timeline
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,11 +35,14 @@ RC = {"svg.fonttype": "none", "font.family": "sans-serif", "font.size": 9,
       "axes.grid": True, "grid.alpha": 0.3, "svg.image_inline": True}
 
 
+@dataclass(frozen=True)
 class Chart:
-    """One inline SVG with a name (the page's anchor) and a caption."""
+    """One inline SVG with a name (unique in the page) and a caption."""
 
-    def __init__(self, name: str, title: str, svg: str, caption: str = "") -> None:
-        self.name, self.title, self.svg, self.caption = name, title, svg, caption
+    name: str
+    title: str
+    svg: str
+    caption: str = ""
 
 
 @contextmanager
@@ -60,12 +65,8 @@ def _svg(figure: Figure, name: str, title: str) -> str:
     text = re.sub(r'id="([^"]+)"', rf'id="{name}-\1"', text)
     text = re.sub(r'(url\(#|xlink:href="#|href="#)([^)"]+)', rf"\1{name}-\2", text)
     head_end = text.index(">")
-    return (f'{text[:head_end]} class="chart-svg" role="img" aria-label="{_attr(title)}"'
-            f"{text[head_end:]}")
-
-
-def _attr(text: str) -> str:
-    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    return (f'{text[:head_end]} class="chart-svg" role="img" '
+            f'aria-label="{html.escape(title, quote=True)}"{text[head_end:]}')
 
 
 def quant_colour(scheme: str, order: Sequence[str]) -> str:
@@ -243,36 +244,59 @@ def timeline_chart(name: str, timeline: Timeline) -> Chart | None:
     runs = [r for r in timeline.runs if r.origin in (BUILT, FAILED) and r.started_s is not None]
     if not runs:
         return None
-    workers = timeline.workers or ["?"]
+    lane_of = _lanes(runs)
+    lanes = sorted(set(lane_of.values()), key=_lane_order)
     kinds = list(dict.fromkeys(r.kind for r in sorted(runs, key=lambda r: r.started_s or 0)))
     colour = {k: KIND_COLOURS[i % len(KIND_COLOURS)] for i, k in enumerate(kinds)}
     title = "Build timeline"
     end = max((r.started_s or 0) + r.duration_s for r in runs)
-    with _figure(10, 0.9 + 0.42 * len(workers), name) as figure:
+    width_in = 10.0
+    with _figure(width_in, 0.9 + 0.42 * len(lanes), name) as figure:
         axes = figure.subplots()
         for r in runs:
-            lane = workers.index(r.worker) if r.worker in workers else 0
-            axes.broken_barh([(r.started_s or 0.0, max(r.duration_s, end / 800))],
-                             (lane - 0.38, 0.76), facecolors=colour[r.kind],
+            lane = lanes.index(lane_of[r.id])
+            start = r.started_s or 0.0
+            axes.broken_barh([(start, max(r.duration_s, end / 800))], (lane - 0.38, 0.76),
+                             facecolors=colour[r.kind],
                              edgecolors="#b22222" if r.origin == FAILED else "white",
                              linewidth=1.5 if r.origin == FAILED else 0.4)
-            if r.duration_s > end / 12:  # label the bars wide enough to hold text
-                axes.text((r.started_s or 0.0) + r.duration_s / 2, lane,
-                          _short_id(r.id), ha="center", va="center", fontsize=6.5,
-                          color="white", clip_on=True)
-        axes.set_yticks(range(len(workers)), workers)
-        axes.set_ylim(len(workers) - 0.5, -0.5)
+            # the end of the id (variant and kind) in bars wide enough for a few characters
+            fits = int(r.duration_s / end * width_in * 72 * 0.8 / 3.8)
+            if fits >= 8:
+                label = r.id if len(r.id) <= fits else "…" + r.id[-(fits - 1):]
+                axes.text(start + r.duration_s / 2, lane, label, ha="center", va="center",
+                          fontsize=6.5, color="white", clip_on=True)
+        axes.set_yticks(range(len(lanes)), lanes)
+        axes.set_ylim(len(lanes) - 0.5, -0.5)
         axes.set_xlim(0, end * 1.01)
         axes.set_xlabel("seconds since execution started")
         axes.grid(axis="y", visible=False)
         from matplotlib.patches import Patch
 
         axes.legend(handles=[Patch(color=colour[k], label=k) for k in kinds],
-                    loc="upper left",
-                    bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+                    loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
         return Chart(name, title, _svg(figure, name, title))
 
 
-def _short_id(stage_id: str) -> str:
-    parts = stage_id.split("/")
-    return "/".join(parts[1:-1]) if len(parts) > 2 else stage_id
+def _lanes(runs: Sequence[StageRun]) -> dict[str, str]:
+    """Stage id → lane: its worker slot; stages that overlapped on one worker name (remote
+    jobs waiting side by side) get lanes of their own, "remote", "remote #2", …"""
+    lane_of: dict[str, str] = {}
+    free_at: dict[str, list[float]] = {}  # worker → when each of its lanes is free again
+    for r in sorted(runs, key=lambda r: r.started_s or 0.0):
+        worker = r.worker or "?"
+        start = r.started_s or 0.0
+        ends = free_at.setdefault(worker, [])
+        index = next((i for i, e in enumerate(ends) if e <= start + 1e-3), len(ends))
+        if index == len(ends):
+            ends.append(0.0)
+        ends[index] = start + r.duration_s
+        lane_of[r.id] = worker if index == 0 else f"{worker} #{index + 1}"
+    return lane_of
+
+
+def _lane_order(lane: str) -> tuple[int, str, int]:
+    worker, _, sub = lane.partition(" #")
+    prefix, _, number = worker.rpartition("-")
+    rank = int(number) if number.isdigit() else 1 << 30
+    return rank, prefix or worker, int(sub or 1)

@@ -56,11 +56,6 @@ class Timeline:
             return sorted(ran, key=lambda r: -(r.built_in_s or 0))[:n]
         return sorted(ran, key=lambda r: -r.duration_s)[:n]
 
-    @property
-    def workers(self) -> list[str]:
-        names = {r.worker for r in self.runs if r.worker and r.started_s is not None}
-        return sorted(names, key=_worker_order)
-
 
 def stage_kind(stage_id: str) -> str:
     """Stage ids end with their kind (…/w8a8/quantize); datasets are data/<name>/<split>."""
@@ -98,8 +93,3 @@ def from_records(recipe: str, records: dict[str, dict[str, Any]]) -> Timeline:
             for sid, rec in sorted(records.items())]
     return Timeline(recipe=recipe, started_at=None, wall_time_s=None, runs=runs,
                     from_records=True)
-
-
-def _worker_order(name: str) -> tuple[int, str]:
-    prefix, _, number = name.rpartition("-")
-    return (int(number), prefix) if number.isdigit() else (1 << 30, name)

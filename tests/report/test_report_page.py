@@ -17,10 +17,11 @@ import pytest
 from buildsys.build import open_store
 from buildsys.data.datasets import load_samples_npz
 from buildsys.recipe.load import load_recipe
-from buildsys.report.charts import sensitivity_chart
+from buildsys.report.charts import _lanes, sensitivity_chart, timeline_chart
 from buildsys.report.figures import pareto_front, variant_figures
 from buildsys.report.overlays import CITYSCAPES, palette
 from buildsys.report.page import write_page
+from buildsys.report.timeline import from_build_report
 from tests.conftest import REPO
 from tests.report.conftest import TinyRelease
 
@@ -260,3 +261,27 @@ def test_palettes() -> None:
     assert colours[0] == ("road", (128, 64, 128))
     assert palette(4)[0] == "tab10" and len({c for _, c in palette(4)[1]}) == 4
     assert palette(50)[0] == "turbo" and len(palette(50)[1]) == 50
+
+
+def test_timeline_puts_overlapping_remote_jobs_on_lanes_of_their_own() -> None:
+    def stage(sid: str, start: float, took: float, worker: str) -> dict[str, Any]:
+        return {"id": sid, "status": "built", "reason": "new", "started_s": start,
+                "duration_s": took, "worker": worker}
+
+    timeline = from_build_report({"recipe": "r", "stages": [
+        stage("m/export", 0.0, 5.0, "local-1"),
+        stage("m/w8a8/tflite@s23/compile", 5.0, 60.0, "remote"),
+        stage("m/w8a8/qnn@s23/compile", 5.5, 50.0, "remote"),
+        stage("m/w8a8/qnn/s23/infer", 56.0, 30.0, "remote"),  # after the qnn compile ended
+        stage("m/w8a8/onnx/compile", 5.0, 2.0, "local-2"),
+        {"id": "m/capture", "status": "cached", "reason": "up to date", "duration_s": 0.0,
+         "built_in_s": 12.5}]})
+    lanes = _lanes([r for r in timeline.runs if r.origin == "built"])
+    assert lanes == {"m/export": "local-1", "m/w8a8/onnx/compile": "local-2",
+                     "m/w8a8/tflite@s23/compile": "remote",
+                     "m/w8a8/qnn@s23/compile": "remote #2", "m/w8a8/qnn/s23/infer": "remote #2"}
+    assert timeline.hit_ratio == 1 / 6 and timeline.saved_s == 12.5
+    chart = timeline_chart("timeline", timeline)
+    assert chart is not None
+    ticks = re.findall(r">(local-\d|remote(?: #2)?)<", chart.svg)
+    assert ticks == ["local-1", "local-2", "remote", "remote #2"]
