@@ -69,8 +69,11 @@ def stage_kind(stage_id: str) -> str:
 
 
 def origin_of(stage: dict[str, Any]) -> str:
-    status = stage.get("status", "")
-    if status == FETCHED or (status == CACHED and "remote" in str(stage.get("reason", ""))):
+    """A remote-cache hit may be reported as its own status or as a cache hit whose reason
+    names the remote (the remote cache tier decides; both read as fetched)."""
+    status = str(stage.get("status", ""))
+    reason = str(stage.get("reason", "")).lower()
+    if status == FETCHED or "remote" in status or (status == CACHED and "remote" in reason):
         return FETCHED
     return status if status in (BUILT, CACHED, FAILED, SKIPPED) else SKIPPED
 
