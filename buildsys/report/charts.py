@@ -251,7 +251,8 @@ def timeline_chart(name: str, timeline: Timeline) -> Chart | None:
     title = "Build timeline"
     end = max((r.started_s or 0) + r.duration_s for r in runs)
     width_in = 10.0
-    with _figure(width_in, 0.9 + 0.42 * len(lanes), name) as figure:
+    height_in = max(0.9 + 0.42 * len(lanes), 0.4 + 0.15 * len(kinds))  # room for the legend
+    with _figure(width_in, height_in, name) as figure:
         axes = figure.subplots()
         for r in runs:
             lane = lanes.index(lane_of[r.id])
