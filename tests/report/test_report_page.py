@@ -231,6 +231,30 @@ def test_report_of_a_recipe_never_built_says_so(tiny_release: TinyRelease,
     assert not (tmp_path / "dist" / "report.html").exists()
 
 
+def test_a_page_that_cannot_be_written_is_a_warning_not_a_failed_build(
+        tiny_release: TinyRelease, capsys: pytest.CaptureFixture[str]) -> None:
+    from buildsys.build import release_page
+    from buildsys.execute.runner import Outcome
+
+    root = tiny_release.project.root
+    # the same project and store, the release published elsewhere, where a directory sits
+    # in the page's place
+    (root / "other.yaml").write_text((root / "recipe.yaml").read_text()
+                                     + "settings: {dist_dir: dist-other}\n")
+    (root / "dist-other" / "report.html").mkdir(parents=True)
+    recipe = load_recipe(root / "other.yaml")
+    store = open_store(recipe, None)
+    try:
+        release_page(recipe, store, tiny_release.report,
+                     {"release/index": Outcome("release/index", "built", "new")}, quiet=False)
+    finally:
+        store.close()
+    err = capsys.readouterr().err
+    assert "warning: no report page (cannot write the report page" in err, err
+    assert f"modelbuild report {recipe.path}` tries again" in err
+    assert [p.name for p in (root / "dist-other").iterdir()] == ["report.html"]  # no temp
+
+
 # --- pieces that need no build -------------------------------------------------------------
 
 def _row(**overrides: Any) -> dict[str, Any]:
@@ -285,3 +309,27 @@ def test_timeline_puts_overlapping_remote_jobs_on_lanes_of_their_own() -> None:
     assert chart is not None
     ticks = re.findall(r">(local-\d|remote(?: #2)?)<", chart.svg)
     assert ticks == ["local-1", "local-2", "remote", "remote #2"]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_overlay_input_undoes_the_datasets_preprocessing(tmp_path: Path, layout: str) -> None:
+    """What the page shows as the validation image is the photo, not the normalised tensor
+    the model saw: the dataset's own loader makes the tensor, the page inverts it."""
+    from PIL import Image
+
+    from buildsys.data.datasets import load_samples
+    from buildsys.report.overlays import _photo
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels[::-1]).save(tmp_path / "b.png")
+    preprocess = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                  "layout": layout}
+    shape = [1, 3, 32, 48] if layout == "NCHW" else [1, 32, 48, 3]
+    samples = load_samples({"images": "*.png", "preprocess": preprocess, "validation": 1},
+                           tmp_path, {"image": {"shape": shape, "dtype": "float32"}},
+                           "validation")
+    shown = _photo(samples[0]["image"], preprocess)
+    assert shown.shape == (32, 48, 3) and shown.dtype == np.uint8
+    assert np.abs(shown.astype(int) - pixels[::-1].astype(int)).max() <= 1
