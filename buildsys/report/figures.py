@@ -37,6 +37,8 @@ class VariantFigures:
     model_bytes: int | None
     size_ratio_vs_float: float | None  # float's size / this size ("× smaller than float")
     latency_ms: float | None  # median
+    latency_range_ms: tuple[float, float] | None  # min, max over the runs
+    latency_runs: int | None
     latency_where: str | None  # the release index's own words
     measured_on: str  # host CPU | HTP simulator | device (AI Hub) | unknown
     psnr_db: dict[str, float]
@@ -74,12 +76,17 @@ def where_measured(where: str | None) -> str:
 def variant_figures(row: dict[str, Any]) -> VariantFigures:
     latency = row.get("latency_ms")
     median = latency.get("median") if isinstance(latency, dict) else latency
+    spread = latency if isinstance(latency, dict) else {}
+    low, high = spread.get("min"), spread.get("max")
     return VariantFigures(
         id=row["id"], model=row["model"], quantization=row["quantization"],
         target=row["target"], device=row["device"],
         model_bytes=int(row["model_bytes"]) if row.get("model_bytes") is not None else None,
         size_ratio_vs_float=row.get("size_ratio_vs_float"),
         latency_ms=float(median) if isinstance(median, int | float) else None,
+        latency_range_ms=(float(low), float(high)) if isinstance(low, int | float)
+        and isinstance(high, int | float) else None,
+        latency_runs=spread.get("runs") if isinstance(spread.get("runs"), int) else None,
         latency_where=row.get("latency_where"),
         measured_on=where_measured(row.get("latency_where")),
         psnr_db={k: float(v) for k, v in (row.get("psnr_db") or {}).items()
