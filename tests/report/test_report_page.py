@@ -333,3 +333,19 @@ def test_overlay_input_undoes_the_datasets_preprocessing(tmp_path: Path, layout:
     shown = _photo(samples[0]["image"], preprocess)
     assert shown.shape == (32, 48, 3) and shown.dtype == np.uint8
     assert np.abs(shown.astype(int) - pixels[::-1].astype(int)).max() <= 1
+
+
+def test_task_metric_prefers_labels_over_agreement_and_latency_where_is_named() -> None:
+    agreement = variant_figures(_row(validation={"logits": {"psnr_db": 30.0,
+                                                            "top1_agreement": 0.9}}))
+    assert agreement.task_metric is not None
+    assert (agreement.task_metric.key, agreement.task_metric.value) == ("top1_agreement", 0.9)
+    labelled = variant_figures(_row(validation={"logits": {"argmax_agreement": 0.99,
+                                                           "miou": 0.61}}))
+    assert labelled.task_metric is not None and labelled.task_metric.label == "mIoU"
+    assert variant_figures(_row(validation={"out": {"psnr_db": 30.0}})).task_metric is None
+    wheres = {"host CPU (onnxruntime 1.32.0, 1 thread)": "host CPU",
+              "QNN HTP simulator on x86 (not device latency), sm8550": "HTP simulator",
+              "Samsung Galaxy S23 (AI Hub)": "device (AI Hub)", None: "unknown"}
+    for where, expected in wheres.items():
+        assert variant_figures(_row(latency_where=where)).measured_on == expected
