@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
@@ -115,6 +116,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             project_dir=recipe.project_dir, jobs=jobs,
             keep_going=options.keep_going, inline=options.inline,
             run_under=options.run_under), progress)
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             outcomes = executor.run()
             store.finish_uploads()  # before the summary: what was pushed is counted
@@ -132,7 +134,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         if failure:
             errors.append(failure)
         wall = time.monotonic() - started
-        report = report_dict(recipe.name, outcomes, wall, mismatches)
+        report = report_dict(recipe.name, outcomes, wall, mismatches, started_at)
         if store.remote is not None:
             report["remote"] = store.remote.report()
         if errors:
@@ -148,6 +150,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             except ModelbuildError as exc:
                 errors.append(str(exc))
         print_failures(outcomes, mismatches)
+        release_page(recipe, store, report, outcomes, options.quiet)
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         if not options.quiet:
@@ -162,6 +165,41 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         return 0 if report["ok"] and not errors else 1
     finally:
         store.close()
+
+
+def release_page(recipe: Recipe, store: Store, report: dict[str, object],
+                 outcomes: dict[str, Outcome], quiet: bool) -> None:
+    """Write the HTML report beside the release index when this build made or changed
+    anything (or the page is missing); a no-op build imports nothing for it. A page that
+    cannot be written is a warning: the release itself is fine."""
+    from buildsys.report import RELEASE_STAGE, last_build_path, page_path
+
+    release = outcomes.get(RELEASE_STAGE)
+    if release is None or release.status not in ("built", "cached"):
+        return
+    ran = any(o.status == "built" for o in outcomes.values())
+    if not ran and page_path(recipe).exists():
+        return
+    try:
+        from buildsys.report.page import write_page
+
+        # The page's timeline is the last build that ran something; kept for later renders.
+        if ran or not last_build_path(recipe).exists():
+            write_report(last_build_path(recipe), report)
+        page = write_page(recipe, store, report if ran else None)
+    except ImportError as exc:  # an engine-only install: the page needs the report extra
+        if not quiet:
+            print(f"note: no report page ({exc.name} is not installed: "
+                  f"pip install 'modelbuild[report]')", file=sys.stderr)
+        return
+    except Exception as exc:  # a broken page must not fail a finished build
+        reason = str(exc) if isinstance(exc, ModelbuildError) else f"{type(exc).__name__}: {exc}"
+        print(f"warning: no report page ({reason}); `modelbuild report {recipe.path}` "
+              f"tries again", file=sys.stderr)
+        return
+    if not quiet:
+        print(f"report: {page.path} ({page.bytes / 1e6:.1f} MB, {page.seconds:.1f} s)",
+              file=sys.stderr)
 
 
 def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Plan,

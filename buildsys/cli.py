@@ -14,7 +14,7 @@ from pathlib import Path
 
 from buildsys.errors import Interrupted, ModelbuildError, RecipeError, UsageError
 
-SUBCOMMANDS = {"validate", "graph", "cache", "devices"}
+SUBCOMMANDS = {"validate", "graph", "cache", "devices", "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelbuild",
         description="Build on-device model artifacts from a recipe, incrementally.",
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
-               "cache info|verify|gc|push | devices",
+               "cache info|verify|gc|push | devices | report RECIPE",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("recipe", type=Path, help="recipe YAML file")

@@ -1,4 +1,4 @@
-"""The other subcommands: validate, graph, cache info|verify|gc, devices."""
+"""The other subcommands: validate, graph, cache info|verify|gc, devices, report."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def device_cache_path() -> Path:
 
 def run_subcommand(name: str, argv: list[str]) -> int:
     return {"validate": _validate, "graph": _graph, "cache": _cache,
-            "devices": _devices}[name](argv)
+            "devices": _devices, "report": _report}[name](argv)
 
 
 def _validate(argv: list[str]) -> int:
@@ -110,3 +110,43 @@ def _devices(argv: list[str]) -> int:
         return print_devices(args.attribute, device_cache_path(), refresh=args.refresh)
     except ImportError as exc:
         raise UsageError(f"AI Hub support is not available: {exc}") from exc
+
+
+def _report(argv: list[str]) -> int:
+    from buildsys.build import open_store
+    from buildsys.recipe.load import load_recipe
+    from buildsys.report import page_path
+    from buildsys.report.page import write_page
+
+    parser = argparse.ArgumentParser(
+        prog="modelbuild report",
+        description="Write the HTML report page beside the release index, from what the last "
+                    "build left in the store (nothing is built).")
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("-o", "--output", type=Path, help="where to write the page "
+                        "(default: report.html beside the release index)")
+    parser.add_argument("--build-report", type=Path, help="the timeline from this JSON build "
+                        "report (--report) instead of the last build's")
+    parser.add_argument("--cache-dir", help="store location (default: .cache beside the "
+                        "recipe, or $MODELBUILD_CACHE_DIR)")
+    parser.add_argument("--group", action="append", default=[], metavar="NAME",
+                        help="the recipe's groups the build used (as for a build)")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe, frozenset(args.group))
+    build_report = None
+    if args.build_report:
+        import json
+
+        try:
+            build_report = json.loads(args.build_report.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the build report {args.build_report}: {exc}") \
+                from exc
+    store = open_store(recipe, args.cache_dir)
+    try:
+        page = write_page(recipe, store, build_report, args.output or page_path(recipe))
+    finally:
+        store.close()
+    print(f"wrote {page.path} ({page.bytes / 1e6:.2f} MB, {page.charts} charts, "
+          f"{page.seconds:.1f} s)")
+    return 0

@@ -32,6 +32,8 @@ EXTRA_FOR: dict[str, str] = {
     "qai-hub": "qualcomm",
     "litert-torch": "tflite",
     "ai-edge-litert": "tflite",
+    "matplotlib": "report",
+    "jinja2": "report",
 }
 
 

@@ -13,15 +13,24 @@ from buildsys.plan.status import OUTCOMES
 
 
 def report_dict(recipe_name: str, outcomes: dict[str, Outcome], wall_s: float,
-                mismatches: list[str] | None = None) -> dict[str, Any]:
+                mismatches: list[str] | None = None,
+                started_at: str | None = None) -> dict[str, Any]:
+    """`started_at`: when execution began (UTC, ISO 8601); each stage's `started_s` counts
+    from there. `built_in_s` of a cached stage: what building it took when it was built."""
     stages = []
     for stage_id in sorted(outcomes):
         o = outcomes[stage_id]
         entry: dict[str, Any] = {"id": stage_id, "status": o.status, "reason": o.reason,
                                  "key": o.key, "duration_s": round(o.duration_s, 3),
                                  "metrics": o.metrics}
+        if o.started_s is not None:
+            entry["started_s"] = o.started_s
+        if o.worker:
+            entry["worker"] = o.worker
         if o.record:
             entry["outputs"] = o.record["outputs"]
+            if o.status != "built" and o.record.get("duration_s") is not None:
+                entry["built_in_s"] = o.record["duration_s"]
         if o.error:
             entry["error"] = o.error
         if o.log_path:
@@ -32,7 +41,7 @@ def report_dict(recipe_name: str, outcomes: dict[str, Outcome], wall_s: float,
         counts[o.status] = counts.get(o.status, 0) + 1
     return {"recipe": recipe_name, "ok": all(o.ok for o in outcomes.values()) and not mismatches,
             "wall_time_s": round(wall_s, 3), "counts": counts, "lock_mismatches": mismatches or [],
-            "stages": stages}
+            "started_at": started_at, "stages": stages}
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

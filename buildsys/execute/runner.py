@@ -59,6 +59,10 @@ class Outcome:
     log_path: Path | None = None
     check_failed: bool = False
     planned_skip: bool = False  # skipped on purpose at plan time (AI Hub off): not a failure
+    # Where the stage sits on the build's timeline: seconds after execution started, and
+    # which worker slot ran it (None when it ran nowhere: cached, skipped).
+    started_s: float | None = None
+    worker: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,6 +115,8 @@ class Executor:
         # Stage keys whose remote result turned out unusable in this build: not asked again.
         self._distrusted: set[str] = set()
         self._requeued: set[str] = set()  # stages settled, then run after all: once at most
+        self._workers: dict[str, str] = {}  # running stage → the worker slot it runs in
+        self._t0 = time.monotonic()
         # Remote stages wait on a service outside the -j budget. Inline stages share this
         # process (and its working directory), so there they run one at a time like the rest.
         self._remote = set() if options.inline else {
@@ -123,6 +129,7 @@ class Executor:
         ready = [s for s in self.plan.order if not waiting[s]]
         running: dict[Future[Outcome], str] = {}
         jobs = max(1, self.options.jobs)
+        self._t0 = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=jobs + REMOTE_JOBS, thread_name_prefix="stage")
         try:
             while ready or running:
@@ -137,6 +144,7 @@ class Executor:
                     if outcome is None:
                         slot = None if stage_id in self._remote else self._free_slots.pop(0)
                         self.progress.started(stage_id, self.plan.stages[stage_id].reason)
+                        self._workers[stage_id] = "remote" if slot is None else f"local-{slot + 1}"
                         running[pool.submit(self._run_stage, stage_id, slot)] = stage_id
                         continue
                     self._finish(outcome, waiting, ready)
@@ -193,6 +201,8 @@ class Executor:
                 self.progress.note(stage_id, text)
 
     def _finish(self, outcome: Outcome, waiting: dict[str, set[str]], ready: list[str]) -> None:
+        outcome.started_s = round(time.monotonic() - self._t0 - outcome.duration_s, 3)
+        outcome.worker = self._workers.pop(outcome.stage_id, None)
         self.outcomes[outcome.stage_id] = outcome
         if outcome.status == FAILED and not self.options.keep_going:
             self._stopping = True
