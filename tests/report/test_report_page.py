@@ -147,7 +147,8 @@ def test_overlays_show_where_each_variant_disagrees_with_fp32(
             assert float(shown) == pytest.approx(expected, abs=1e-9)
             fractions.append(float(shown))
         agreement = index[variant_id]["validation"]["logits"]["argmax_agreement"]
-        assert 1 - np.mean(fractions) == pytest.approx(agreement, abs=1e-5)
+        # The validation rounds agreement to 1e-4 (what it can mean, the same on every CPU).
+        assert 1 - np.mean(fractions) == pytest.approx(agreement, abs=5e-5)
     assert "4 classes, tab10 palette" in tiny_release.page.read_text()
 
 
