@@ -3,7 +3,8 @@ loopback SeaweedFS S3 server already holds the recipe's results.
 
     python benchmarks/remote.py [RECIPE]        # default recipes/ffnet.yaml
 
-1. Warm the remote: push what the recipe's own store (`.cache` beside it) holds, then build a
+1. Warm the remote: push what the recipe's store holds (`.cache` at its project root, or
+   $MODELBUILD_CACHE_DIR), then build a
    seeding copy with the remote (remote hits for what was pushed; anything missing is built
    and uploaded). The user's project and store are only read.
 2. A fresh copy of the project (empty store) builds with the remote: wall time, stages run,
@@ -31,9 +32,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from buildsys.project import find_project_root  # noqa: E402
 from tests.remote.conftest import CREDENTIALS, start_seaweed  # noqa: E402
 
-SKIP = {"build", "dist", ".cache"}
+SKIP = {"build", "release", "dist", ".cache"}
 
 
 def fresh_copy(recipe: Path, where: Path) -> Path:
@@ -97,10 +99,11 @@ def main() -> None:
         server = start_seaweed(tmp / "seaweedfs")
         url = server.url("bench")
         try:
-            if (recipe.parent / ".cache").exists():
+            store = Path(os.environ.get("MODELBUILD_CACHE_DIR")
+                         or find_project_root(recipe.parent) / ".cache")
+            if store.exists():
                 seconds, said = push(recipe, url)
-                print(f"seed: cache push from {recipe.parent / '.cache'} in {seconds:.1f} s: "
-                      f"{said}")
+                print(f"seed: cache push from {store} in {seconds:.1f} s: {said}")
             seed = fresh_copy(recipe, tmp / "seed")
             seconds, report, _ = modelbuild(seed, "--remote", url)
             built = report["counts"].get("built", 0)

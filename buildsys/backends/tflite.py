@@ -177,9 +177,9 @@ def _convert_int8(
 # ------------------------------------------------------------------------------ runtime
 
 
-def _interpreter(path: Path, threads: int) -> Any:
+def _interpreter(path: Path, threads: int, reference_kernels: bool = False) -> Any:
     _require("ai_edge_litert", "running a .tflite model")
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     path = Path(path)
     if not path.is_file():
@@ -187,7 +187,11 @@ def _interpreter(path: Path, threads: int) -> Any:
     if not isinstance(threads, int) or threads < 1:
         raise StageError(f"threads={threads!r} must be a positive integer")
     try:
-        it = Interpreter(model_path=str(path), num_threads=threads)
+        # The reference kernels (plain C++, no XNNPACK) give the same bytes on every CPU.
+        resolver = (OpResolverType.BUILTIN_REF if reference_kernels
+                    else OpResolverType.AUTO)
+        it = Interpreter(model_path=str(path), num_threads=threads,
+                         experimental_op_resolver_type=resolver)
         it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise StageError(f"LiteRT cannot load {str(path)!r}: {e}") from e
@@ -282,7 +286,8 @@ def _signature_name(d: dict[str, Any]) -> str:
 
 
 def run(
-    path: Path, samples: list[dict[str, np.ndarray]], threads: int = 1
+    path: Path, samples: list[dict[str, np.ndarray]], threads: int = 1,
+    reference_kernels: bool = False,
 ) -> tuple[list[dict[str, np.ndarray]], list[float]]:
     """Run each sample through the .tflite model: (outputs per sample, latency seconds each).
 
@@ -290,9 +295,10 @@ def run(
     ``outputs[i]`` maps the signature output names (``output_0``, ...) to arrays, in the
     torch model's output order. Int8 models get float inputs quantized and outputs
     dequantized to float32 with the tensors' scale/zero point. A latency is the wall time of
-    ``invoke()`` alone.
+    ``invoke()`` alone. ``reference_kernels``: LiteRT's reference kernels instead of XNNPACK
+    (slower; the same outputs on every CPU).
     """
-    it = _interpreter(path, threads)
+    it = _interpreter(path, threads, reference_kernels)
     ins, outs = _io(it)
     out_names = [_signature_name(d) for d in outs]
     results: list[dict[str, np.ndarray]] = []

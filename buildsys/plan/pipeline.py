@@ -228,8 +228,13 @@ class PipelineBuilder:
         infer_kind = "aihub_infer" if device["backend"] == "aihub" else "infer"
         if device["backend"] == "aihub":
             run_params["device"] = _aihub_device(device)
+        infer_params = run_params
+        if target["runtime"] == "tflite" and device["backend"] == "host":
+            # XNNPACK's kernels round differently per CPU; LiteRT's reference kernels are the
+            # same bytes on every CPU (validation is about numbers; profile measures speed).
+            infer_params = {**run_params, "kernels": "reference"}
         infer_id = self.add(StageNode(
-            f"{base}/infer", infer_kind, run_params,
+            f"{base}/infer", infer_kind, infer_params,
             {**model_inputs, "samples": OutputRef(samples, "samples.npz")},
             outputs=("outputs.npz", "infer.json"), labels=labels,
             measurements=("infer.json",)))

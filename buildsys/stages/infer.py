@@ -39,8 +39,10 @@ class InferStage(RuntimeStage):
         elif runtime == "tflite":
             from buildsys.backends.tflite import run
 
-            outputs, seconds = run(files["model.tflite"], samples)
-            detail = f"{WHERE['host']} (LiteRT interpreter)"
+            reference = ctx.params.get("kernels") == "reference"
+            outputs, seconds = run(files["model.tflite"], samples, reference_kernels=reference)
+            detail = f"{WHERE['host']} (LiteRT interpreter" + (
+                ", reference kernels)" if reference else ")")
         else:
             from buildsys.backends.ort_runtime import run
 

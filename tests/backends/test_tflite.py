@@ -93,6 +93,19 @@ def test_float_convert_matches_torch(float_model: dict) -> None:
 
 
 @needs_litert
+def test_reference_kernels_compute_the_same_model(float_model: dict) -> None:
+    """Validation runs LiteRT's reference kernels (the same bytes on every CPU, unlike
+    XNNPACK's): the same model, the same numbers to float rounding, not XNNPACK's path."""
+    dst, x = float_model["dst"], float_model["x"]
+    (fast,), _ = tflite.run(dst, [{"image": x}])
+    (ref,), _ = tflite.run(dst, [{"image": x}], reference_kernels=True)
+    np.testing.assert_allclose(ref["output_0"], fast["output_0"], rtol=1e-4, atol=1e-5)
+    assert psnr(torch_ref(float_model["net"], x), ref["output_0"]) > 60.0
+    again, _ = tflite.run(dst, [{"image": x}], reference_kernels=True)
+    np.testing.assert_array_equal(again[0]["output_0"], ref["output_0"])
+
+
+@needs_litert
 def test_int8_with_calibration(tmp_path: Path, float_model: dict) -> None:
     import torch
 
