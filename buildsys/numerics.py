@@ -6,8 +6,11 @@ and kernels of different widths round differently: the same seeded model gave ot
 another exported ONNX and other reference outputs on an AVX2 machine than on an AVX-512 one.
 Every stage worker therefore runs with these libraries held to the kernels that every x86-64
 CPU has, and torch held to one thread (one thread and two threads pick different conv
-algorithms; two and four agree). Proved by `tests/crosscpu/`, which rebuilds the CPU-sensitive
-stages under `qemu-x86_64 -cpu Nehalem` and `-cpu Haswell` and compares every digest.
+algorithms; two and four agree). One kernel escapes the pins: `torch.sqrt` goes to MKL's
+vector math, which rounds differently on AVX-512, AVX2 and AMD CPUs whatever `MKL_CBWR` says,
+so BatchNorm folding (the one place a build takes square roots) is done in float64 with numpy
+instead. Proved by `tests/crosscpu/`, which rebuilds the CPU-sensitive stages under
+`qemu-x86_64 -cpu EPYC` and `-cpu Nehalem` and compares every digest with the committed lock.
 
 onnxruntime's MLAS kernels cannot be pinned: on every CPU with AVX2 and FMA (Haswell, Skylake,
 AVX-512 Intel, AMD EPYC) they give the same bytes, without FMA (Nehalem, Sandy Bridge) others.

@@ -1,8 +1,8 @@
 """Fold inference BatchNormalization nodes into the Conv before them, in float64, rounded once.
 
-torch's exporter folds them too, but with float32 kernels that round differently on different
-CPUs (1-ulp differences between an AVX-512 machine and an SSE4.2 one, even with the kernels
-pinned). Here every folded value is computed in float64 with IEEE operations only (multiply,
+torch's exporter folds them too, with `torch.sqrt`, whose MKL kernel rounds differently on
+different CPUs even with the kernels pinned (1-ulp differences in the folded weights between
+an AVX-512 machine and emulated SSE4.2 and AVX2 ones; see buildsys/numerics.py). Here every folded value is computed in float64 with IEEE operations only (multiply,
 divide, square root, add: correctly rounded on every CPU) and rounded to float32 once, so the
 exported model's bytes are the same on every machine.
 """
