@@ -2,9 +2,10 @@
 
 torch's exporter folds them too, with `torch.sqrt`, whose MKL kernel rounds differently on
 different CPUs even with the kernels pinned (1-ulp differences in the folded weights between
-an AVX-512 machine and emulated SSE4.2 and AVX2 ones; see buildsys/numerics.py). Here every folded value is computed in float64 with IEEE operations only (multiply,
-divide, square root, add: correctly rounded on every CPU) and rounded to float32 once, so the
-exported model's bytes are the same on every machine.
+an AVX-512 machine and emulated SSE4.2 and AVX2 ones; see buildsys/numerics.py). Here every
+folded value is computed in float64 with IEEE operations only (multiply, divide, square root,
+add: correctly rounded on every CPU) and rounded to float32 once, so the exported model's
+bytes are the same on every machine.
 """
 
 from __future__ import annotations
