@@ -16,6 +16,20 @@ from typing import Any
 import numpy as np
 
 
+def fold_into_layer(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray,
+                    beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 weight and bias of a layer (output channels first) with the inference
+    BatchNorm after it folded in: computed in float64, rounded once."""
+    mean, var = mean.astype(np.float64), var.astype(np.float64)
+    factor = scale.astype(np.float64) / np.sqrt(var + np.float64(eps))
+    weight64 = weight.astype(np.float64)
+    bias64 = bias.astype(np.float64) if bias is not None else np.zeros_like(mean)
+    new_weight = weight64 * factor.reshape((-1,) + (1,) * (weight64.ndim - 1))
+    new_bias = (bias64 - mean) * factor + beta.astype(np.float64)
+    return new_weight.astype(np.float32), new_bias.astype(np.float32)
+
+
 def fold_batchnorms(model: Any) -> int:
     """Fold, in place, each BatchNormalization whose input is a Conv output used by nothing
     else (all parameters initializers, inference mode); returns how many were folded."""
@@ -31,20 +45,17 @@ def fold_batchnorms(model: Any) -> int:
         conv = producers.get(bn.input[0])
         if not _foldable(bn, conv, inits, uses):
             continue
-        scale, beta, mean, var = (numpy_helper.to_array(inits[name]).astype(np.float64)
-                                  for name in bn.input[1:5])
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale, beta, mean, var = (numpy_helper.to_array(inits[name]) for name in bn.input[1:5])
         # float32(epsilon) is what ONNX Runtime adds; the attribute is stored as a float32.
-        factor = scale / np.sqrt(var + np.float64(np.float32(eps)))
-        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-        bias = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-                if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean))
-        new_weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
-        new_bias = (bias - mean) * factor + beta
+        eps = float(np.float32(next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)))
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        bias = (numpy_helper.to_array(inits[conv.input[2]])
+                if len(conv.input) > 2 and conv.input[2] else None)
+        folded_params = fold_into_layer(weight, bias, scale, beta, mean, var, eps)
         stem = bn.output[0]
         names = (f"{stem}.folded_weight", f"{stem}.folded_bias")
-        for name, value in zip(names, (new_weight, new_bias), strict=True):
-            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+        for name, value in zip(names, folded_params, strict=True):
+            graph.initializer.append(numpy_helper.from_array(value, name))
         del conv.input[1:]
         conv.input.extend(names)
         intermediate = conv.output[0]

@@ -599,29 +599,27 @@ def _fold_aimet(model: nn.Module, example_inputs: Mapping[str, np.ndarray] | Non
 
 
 def _fuse_exactly(layer: nn.Module, bn: nn.Module) -> nn.Module:
-    """`layer` (conv or linear) with the inference BatchNorm after it folded in: computed in
-    float64 with IEEE operations only and rounded to float32 once, so the folded weights are
-    the same bytes on every CPU (torch's own folding uses `torch.sqrt`, whose MKL kernel
-    rounds differently per CPU even with the kernels pinned)."""
+    """`layer` (conv or linear) with the inference BatchNorm after it folded in, the same
+    bytes on every CPU (`onnx_bn_fold.fold_into_layer`: float64, rounded once); torch's own
+    folding uses `torch.sqrt`, whose MKL kernel rounds differently per CPU."""
     import torch
     from torch import nn
 
-    def f64(t: torch.Tensor | None, like: int) -> np.ndarray:
-        return (t.detach().double().numpy() if t is not None
-                else np.zeros(like, dtype=np.float64))
+    from buildsys.backends.onnx_bn_fold import fold_into_layer
 
-    mean, var = f64(bn.running_mean, 0), f64(bn.running_var, 0)
-    gamma = f64(bn.weight, 0) if bn.weight is not None else np.ones_like(mean)
-    beta = f64(bn.bias, len(mean))
-    factor = gamma / np.sqrt(var + np.float64(bn.eps))
-    weight = f64(layer.weight, 0)
+    def array(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().numpy()
+
+    mean = array(bn.running_mean)
+    ones, zeros = np.ones_like(mean), np.zeros_like(mean)
+    gamma, beta = array(bn.weight), array(bn.bias)
+    weight, bias = fold_into_layer(array(layer.weight), array(layer.bias),
+                                   ones if gamma is None else gamma,
+                                   zeros if beta is None else beta,
+                                   mean, array(bn.running_var), float(bn.eps))
     fused = copy.deepcopy(layer)
-    new_weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
-    new_bias = (f64(layer.bias, len(mean)) - mean) * factor + beta
-    fused.weight = nn.Parameter(torch.from_numpy(new_weight.astype(np.float32)),
-                                requires_grad=False)
-    fused.bias = nn.Parameter(torch.from_numpy(new_bias.astype(np.float32)),
-                              requires_grad=False)
+    fused.weight = nn.Parameter(torch.from_numpy(weight), requires_grad=False)
+    fused.bias = nn.Parameter(torch.from_numpy(bias), requires_grad=False)
     return fused
 
 
