@@ -180,6 +180,13 @@ class RemoteTier:
         warnings.warn(f"remote cache {self.name} refused a write ({_short(exc)}); using it "
                       f"read-only for the rest of this build", stacklevel=2)
 
+    def _write_failed(self, what: str, exc: BaseException) -> None:
+        """A refused write makes the remote read-only; any other failure makes it unavailable."""
+        if _is_permission(exc):
+            self._writes_refused(exc)
+        else:
+            self._fail(what, exc)
+
     def _request(self, what: str, call: Callable[[], Any]) -> Any:
         """Run one request; None for "not there" (and after the remote failed)."""
         if self.failure is not None:
@@ -304,10 +311,7 @@ class RemoteTier:
                                     max_concurrency=2)
                 ticker.done(size)
             except Exception as exc:  # (our own blob was checked just before: the remote's)
-                if _is_permission(exc):
-                    self._writes_refused(exc)
-                else:
-                    self._fail("PUT blob", exc)
+                self._write_failed("PUT blob", exc)
                 return False
             with self._lock:
                 self.stats.blobs_uploaded += 1
@@ -382,10 +386,7 @@ class RemoteTier:
                                != (theirs.get(n) or {}).get("digest"))
             return f"{DIFFERENT}: {', '.join(differing)}" if differing else SAME
         except Exception as exc:
-            if _is_permission(exc):
-                self._writes_refused(exc)
-            else:
-                self._fail("PUT record", exc)
+            self._write_failed("PUT record", exc)
             return None
         with self._lock:
             self.stats.records_uploaded += 1
