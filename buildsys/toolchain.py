@@ -11,7 +11,7 @@ Versions are read from installed distribution metadata: nothing here imports a t
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import metadata
 
@@ -57,6 +57,18 @@ def is_installed(distribution: str) -> bool:
 def missing_extras(distributions: Iterable[str]) -> dict[str, str]:
     """Each distribution that is not installed -> the extra to install for it."""
     return {d: EXTRA_FOR.get(d, d) for d in sorted(set(distributions)) if not is_installed(d)}
+
+
+def check_tool_versions(promised: Mapping[str, str]) -> str | None:
+    """Why this process must not run a stage whose key promised these tool versions, or
+    None. A worker elsewhere (a cluster) may have other versions installed: running the stage
+    there would store other bytes under a key that promises these."""
+    differing = [f"{name} {tool_version(name)} (the key promises {version})"
+                 for name, version in sorted(promised.items())
+                 if name != ORT_KERNELS and tool_version(name) != version]  # CPU: check_cpu_class
+    if not differing:
+        return None
+    return f"this worker has {', '.join(differing)}, so it refuses the stage"
 
 
 def install_hint(extras: Iterable[str]) -> str:

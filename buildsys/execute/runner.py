@@ -1,18 +1,16 @@
-"""Run a plan: dependency order, N stages at once, each in its own worker process.
+"""Run a plan: dependency order, N stages at once, each handed to a worker pool.
 
-The scheduler lives in the main thread; one thread per running stage waits on its worker
-process. A stage is keyed again when it becomes ready — its inputs' real digests are known by
-then — so a re-run upstream stage that produced identical bytes leaves it cached (early cutoff).
+The scheduler lives in the main thread; one thread per running stage waits on the pool (the
+local process pool by default, `local_pool.py`; a Dask cluster, `dask_pool.py`), which knows
+nothing of the plan. A stage is keyed again when it becomes ready — its inputs' real digests
+are known by then — so a re-run upstream stage that produced identical bytes leaves it cached
+(early cutoff).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -22,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys.errors import Interrupted, ModelbuildError, StoreError
-from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
+from buildsys.execute.local_pool import LocalPoolOptions, LocalProcessPool
+from buildsys.execute.pool import StageJob, WorkerPool, make_record
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
 from buildsys.plan.planner import (
@@ -40,7 +39,6 @@ from buildsys.stages import stage_class
 from buildsys.store.store import Store
 
 BUILT, FAILED = Status.BUILT, Status.FAILED
-LOG_TAIL = 20_000
 # Remote stages (AI Hub jobs) waiting at once, besides the -j local ones: each is an idle
 # worker process polling a service, and the service runs the jobs in parallel on its devices.
 REMOTE_JOBS = 16
@@ -100,17 +98,18 @@ class ExecuteOptions:
 
 class Executor:
     def __init__(self, plan: Plan, store: Store, options: ExecuteOptions,
-                 progress: Progress) -> None:
+                 progress: Progress, pool: WorkerPool | None = None) -> None:
         self.plan = plan
         self.store = store
         self.options = options
         self.progress = progress
+        self.pool: WorkerPool = pool or LocalProcessPool(store, LocalPoolOptions(
+            jobs=options.jobs, inline=options.inline, run_under=options.run_under,
+            cpu_count=options.cpu_count))
         self.outcomes: dict[str, Outcome] = {}
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
-        self._free_slots = list(range(max(1, options.jobs)))
+        self._free_slots = list(range(self.pool.capacity()))
         self._stopping = False
-        self._scratches: dict[str, Path] = {}  # running stage → its scratch directory
         self._statuses: dict[str, str] = {}  # running stage → the status line last shown
         # Stage keys whose remote result turned out unusable in this build: not asked again.
         self._distrusted: set[str] = set()
@@ -119,7 +118,7 @@ class Executor:
         self._t0 = time.monotonic()
         # Remote stages wait on a service outside the -j budget. Inline stages share this
         # process (and its working directory), so there they run one at a time like the rest.
-        self._remote = set() if options.inline else {
+        self._remote = set() if options.inline or self.pool.name != "local" else {
             s for s in plan.order if stage_class(plan.stages[s].node.kind).remote}
 
     # --- scheduling -------------------------------------------------------------------------
@@ -128,7 +127,7 @@ class Executor:
         waiting = {s: set(graph.predecessors(s)) for s in self.plan.order}
         ready = [s for s in self.plan.order if not waiting[s]]
         running: dict[Future[Outcome], str] = {}
-        jobs = max(1, self.options.jobs)
+        jobs = self.pool.capacity()
         self._t0 = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=jobs + REMOTE_JOBS, thread_name_prefix="stage")
         try:
@@ -144,7 +143,8 @@ class Executor:
                     if outcome is None:
                         slot = None if stage_id in self._remote else self._free_slots.pop(0)
                         self.progress.started(stage_id, self.plan.stages[stage_id].reason)
-                        self._workers[stage_id] = "remote" if slot is None else f"local-{slot + 1}"
+                        self._workers[stage_id] = (self.pool.name if self.pool.name != "local"
+                                                   else LocalProcessPool.worker_name(slot))
                         running[pool.submit(self._run_stage, stage_id, slot)] = stage_id
                         continue
                     self._finish(outcome, waiting, ready)
@@ -159,7 +159,7 @@ class Executor:
                 self._show_statuses(running.values())
         except KeyboardInterrupt:
             self._stopping = True
-            self._kill_all()
+            self.pool.cancel_all()
             pool.shutdown(wait=True, cancel_futures=True)
             raise Interrupted("interrupted: finished stages are cached; run again to resume") \
                 from None
@@ -186,23 +186,19 @@ class Executor:
         return None
 
     def _show_statuses(self, running: Iterable[str]) -> None:
-        """Pass on each running stage's newest status line (a remote job's state and link)."""
+        """Pass on each running stage's newest status line (a remote job's state and link,
+        the cluster worker it runs on)."""
+        notes = self.pool.notes()
         for stage_id in list(running):
-            scratch = self._scratches.get(stage_id)
-            if scratch is None:
-                continue
-            try:
-                lines = (scratch / STATUS_FILE).read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            text = lines[-1].strip()[:300] if lines else ""
+            text = notes.get(stage_id, "")
             if text and text != self._statuses.get(stage_id):
                 self._statuses[stage_id] = text
                 self.progress.note(stage_id, text)
 
     def _finish(self, outcome: Outcome, waiting: dict[str, set[str]], ready: list[str]) -> None:
         outcome.started_s = round(time.monotonic() - self._t0 - outcome.duration_s, 3)
-        outcome.worker = self._workers.pop(outcome.stage_id, None)
+        started_on = self._workers.pop(outcome.stage_id, None)
+        outcome.worker = outcome.worker or started_on
         self.outcomes[outcome.stage_id] = outcome
         if outcome.status == FAILED and not self.options.keep_going:
             self._stopping = True
@@ -264,7 +260,7 @@ class Executor:
         parts = planned.ingredients or {}
         lacking = sorted({ref.stage for name, ref in planned.node.inputs.items()
                           if isinstance(ref, OutputRef)
-                          and not self.store.fetch_blob(parts["inputs"][name], label=ref.name)})
+                          and not self.pool.provide(parts["inputs"][name], ref.name)})
         if not lacking or self._requeued & set(lacking):
             return None  # (rebuilt once already and gone again: the stage fails, saying so)
         self._requeued.update(lacking)
@@ -337,77 +333,85 @@ class Executor:
         return Outcome(stage_id, CACHED, reason, key, record, metrics=record.get("metrics", {}))
 
     # --- one stage ---------------------------------------------------------------------------
-    def _threads_and_cpus(self, node: StageNode,
-                          slot: int | None) -> tuple[int, list[int] | None]:
-        if slot is None:  # a remote stage: it waits, it does not compute
-            return 1, None
-        cpus = self.options.cpu_count
-        jobs = max(1, self.options.jobs)
-        per_worker = max(1, cpus // jobs)
-        threads = max(1, min(per_worker, stage_class(node.kind).max_threads))
-        if jobs == 1 or jobs * per_worker > cpus:
-            return threads, None
-        available = sorted(os.sched_getaffinity(0))
-        return threads, available[slot * per_worker:(slot + 1) * per_worker]
-
     def _run_stage(self, stage_id: str, slot: int | None) -> Outcome:
         planned = self.plan.stages[stage_id]
         node = planned.node
         started = time.monotonic()
-        scratch = self.store.new_scratch(stage_id.replace("/", "_"))
-        self._scratches[stage_id] = scratch
         log_path = self.options.build_dir / "logs" / f"{stage_id.replace('/', '__')}.log"
         try:
-            job = self._prepare_job(node, planned.ingredients or {}, scratch, slot)
-            returncode, timed_out = self._spawn(stage_id, scratch, node.timeout)
-            duration = time.monotonic() - started
-            log_text = self._keep_log(scratch / "log.txt", log_path)
-            result = self._read_result(scratch, returncode, timed_out, node.timeout)
-            if not result.get("ok"):
-                error = self._in_project_terms(str(result.get("error")), scratch, node,
-                                               job["inputs"])
+            job = self._job(node, planned.key or "", planned.ingredients or {})
+            result = self.pool.run(job, slot)
+            duration = result.duration_s or time.monotonic() - started
+            if result.log or result.ran:
+                self._keep_log(result.log, log_path)
+            kept_log = log_path if log_path.exists() else None
+            if not result.ok:
                 return Outcome(stage_id, FAILED, planned.reason, planned.key,
-                               duration_s=duration, error=error,
-                               metrics=result.get("metrics") or {}, log_path=log_path,
-                               check_failed=bool(result.get("check")))
+                               duration_s=duration, error=result.error, metrics=result.metrics,
+                               log_path=kept_log, check_failed=result.check_failed,
+                               worker=result.worker)
             changed = self._inputs_changed(node, (planned.ingredients or {}).get("inputs", {}))
             if changed:
                 return Outcome(stage_id, FAILED, planned.reason, planned.key,
-                               duration_s=duration, log_path=log_path,
+                               duration_s=duration, log_path=kept_log, worker=result.worker,
                                error=f"{', '.join(changed)} changed during the build, while "
                                      f"the stage ran: its outputs are not recorded; run again")
-            record = self._ingest(node, planned, job, scratch, result, duration, log_text)
+            record = make_record(job, result)
+            self.pool.keep(record, node.measurements)
+            self.store.machine.set_last_key(node.id, job.key)
             self._materialise(node, record)
             return Outcome(stage_id, BUILT, planned.reason, planned.key, record,
-                           duration_s=duration, metrics=record["metrics"], log_path=log_path)
+                           duration_s=duration, metrics=record["metrics"], log_path=kept_log,
+                           worker=result.worker)
         except (OSError, ModelbuildError) as exc:
             return Outcome(stage_id, FAILED, planned.reason, planned.key,
                            duration_s=time.monotonic() - started, error=str(exc),
                            log_path=log_path if log_path.exists() else None)
         finally:
-            self._scratches.pop(stage_id, None)
             self._statuses.pop(stage_id, None)
             if slot is not None:
                 with self._lock:
                     self._free_slots.append(slot)
                     self._free_slots.sort()
-            placed = [d for d in (planned.ingredients or {}).get("inputs", {}).values()
-                      if isinstance(d, str)]
-            self.store.remove_links(scratch, placed)
 
-    def _in_project_terms(self, text: str, scratch: Path, node: StageNode,
-                          inputs: dict[str, str]) -> str:
-        """A stage's error names the user's files (weights.pt), not their snapshots in the
-        scratch directory, which is gone by the time the message is read."""
-        for name, relative in sorted(inputs.items(), key=lambda item: -len(item[1])):
-            ref = node.inputs[name]
-            if isinstance(ref, FileRef):
-                shown = (ref.path.relative_to(self.options.project_dir).as_posix()
-                         if ref.path.is_relative_to(self.options.project_dir) else str(ref.path))
+    def _job(self, node: StageNode, key: str, parts: dict[str, Any]) -> StageJob:
+        """The stage as plain data for the pool, its inputs made reachable by digest."""
+        inputs: dict[str, str] = {}
+        shown: dict[str, str] = {}
+        for index, (name, ref) in enumerate(sorted(node.inputs.items())):
+            digest = parts["inputs"][name]
+            # Outputs of one producer stay side by side under their own names: a compiled
+            # model may refer to its context binary by file name.
+            if isinstance(ref, OutputRef):
+                inputs[name] = f"in/{ref.stage}/{ref.name}"
+                shown[name] = f"{ref.name} (output of {ref.stage})"
             else:
-                shown = f"{ref.name} (output of {ref.stage})"
-            text = text.replace(str(scratch / relative), shown)
-        return text
+                inputs[name] = f"in/src/{index}/{ref.path.name}"
+                shown[name] = (ref.path.relative_to(self.options.project_dir).as_posix()
+                               if ref.path.is_relative_to(self.options.project_dir)
+                               else str(ref.path))
+                self._snapshot_source(node, ref, digest)
+            if not self.pool.provide(digest, ref.name if isinstance(ref, OutputRef)
+                                     else ref.path.name):
+                raise StoreError(f"{node.id}: input {shown[name]} is missing or corrupt in "
+                                 f"the store; run again to rebuild it")
+        cls = stage_class(node.kind)
+        return StageJob(stage_id=node.id, key=key, ingredients=parts, inputs=inputs,
+                        shown=shown, outputs=list(node.outputs), max_threads=cls.max_threads,
+                        timeout=node.timeout, resources=cls.resources(node.params),
+                        sys_path=[str(self.options.project_dir)], remote=cls.remote)
+
+    def _snapshot_source(self, node: StageNode, ref: FileRef, digest: str) -> None:
+        """Snapshot a source file into the store: the stage reads exactly the bytes its key
+        was computed from, even if the user edits the file while the build runs. A stage may
+        also read the file in place (model code is imported from the project), so a file that
+        changed since planning fails the stage either way."""
+        if not self.store.blob_ok(digest):
+            changed = self.store.put_blob(ref.path) != digest
+        else:
+            changed = self.store.stats.changed(ref.path, digest)
+        if changed:
+            raise StoreError(f"{node.id}: input {ref.path} changed during the build; run again")
 
     def _inputs_changed(self, node: StageNode, digests: dict[str, str]) -> list[str]:
         """Inputs whose bytes differ now from those the stage's key was computed from.
@@ -425,128 +429,16 @@ class Executor:
             if isinstance(ref, FileRef):
                 if self.store.stats.changed(ref.path, expected):
                     changed.append(str(ref.path))
-            elif not self.store.blob_ok(expected):
+            elif self.pool.reads_local_store and not self.store.blob_ok(expected):
                 changed.append(f"input {ref.name} from {ref.stage}")
         return changed
 
-    def _prepare_job(self, node: StageNode, parts: dict[str, Any], scratch: Path,
-                     slot: int | None) -> dict[str, Any]:
-        inputs: dict[str, str] = {}
-        for index, (name, ref) in enumerate(sorted(node.inputs.items())):
-            # Outputs of one producer stay side by side under their own names: a compiled
-            # model may refer to its context binary by file name.
-            relative = (f"in/{ref.stage}/{ref.name}" if isinstance(ref, OutputRef)
-                        else f"in/src/{index}/{ref.path.name}")
-            self._place_input(node, ref, parts["inputs"][name], scratch / relative)
-            inputs[name] = relative
-        threads, cpus = self._threads_and_cpus(node, slot)
-        # The parameters as keyed (packaging adds its upstream keys there).
-        job = {"stage_id": node.id, "kind": node.kind, "params": parts["params"],
-               "inputs": inputs, "tools": parts["tools"],
-               "threads": threads, "cpus": cpus,
-               "extras": {"sys_path": [str(self.options.project_dir)],
-                          "stage_key": stage_key(parts),
-                          "memo_dir": str(self.store.machine.memo_dir(stage_key(parts)))}}
-        (scratch / "job.json").write_text(json.dumps(job, sort_keys=True))
-        return job
-
-    def _place_input(self, node: StageNode, ref: FileRef | OutputRef, digest: str,
-                     dest: Path) -> None:
-        if isinstance(ref, FileRef):
-            # Snapshot the source file into the store: the stage reads exactly the bytes its
-            # key was computed from, even if the user edits the file while the build runs.
-            # A stage may also read the file in place (model code is imported from the
-            # project), so a file that changed since planning fails the stage either way.
-            if not self.store.blob_ok(digest):
-                changed = self.store.put_blob(ref.path) != digest
-            else:
-                changed = self.store.stats.changed(ref.path, digest)
-            if changed:
-                raise StoreError(f"{node.id}: input {ref.path} changed during the build; "
-                                 f"run again")
-        elif not self.store.fetch_blob(digest, label=ref.name):  # here, or from the remote
-            raise StoreError(f"{node.id}: input {ref.name} from {ref.stage} is missing or "
-                             f"corrupt in the store; run again to rebuild it")
-        self.store.get_blob(digest, dest, verify=False)
-
-    def _spawn(self, stage_id: str, scratch: Path, timeout: float | None) -> tuple[int, bool]:
-        if self.options.inline:
-            return _run_inline(scratch), False
-        # The worker watches for this pid: it ends (with its commands) if we are killed.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", COORDINATOR_ENV: str(os.getpid())}
-        with open(scratch / "log.txt", "wb") as log:
-            process = subprocess.Popen(
-                [*self.options.run_under, sys.executable, "-m", "buildsys.execute.worker",
-                 str(scratch / "job.json")],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=scratch, start_new_session=True,  # own process group: kill it whole
-            )
-            with self._lock:
-                self._processes[stage_id] = process
-            try:
-                return process.wait(timeout=timeout), False
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                return process.wait(), True
-            finally:
-                with self._lock:
-                    self._processes.pop(stage_id, None)
-
-    def _kill_all(self) -> None:
-        with self._lock:
-            processes = list(self._processes.values())
-        for process in processes:
-            _kill_group(process)
-
     @staticmethod
-    def _keep_log(scratch_log: Path, log_path: Path) -> str:
+    def _keep_log(text: str, log_path: Path) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        text = scratch_log.read_text(errors="replace") if scratch_log.exists() else ""
         tmp = log_path.with_name(f".{log_path.name}.tmp{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, log_path)
-        return text[-LOG_TAIL:]
-
-    @staticmethod
-    def _read_result(scratch: Path, returncode: int, timed_out: bool,
-                     timeout: float | None) -> dict[str, Any]:
-        if timed_out:
-            return {"ok": False, "error": f"timed out after {timeout:g} s and was killed"}
-        if returncode < 0:
-            name = signal.Signals(-returncode).name
-            return {"ok": False, "error": f"worker killed by {name} (a crash in native code?)"}
-        try:
-            result = json.loads((scratch / "result.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return {"ok": False, "error": f"worker exited with status {returncode} "
-                                          f"without a result"}
-        if result.get("ok") and returncode != 0:
-            return {"ok": False, "error": f"worker exited with status {returncode}"}
-        return result
-
-    def _ingest(self, node: StageNode, planned: Any, job: dict[str, Any], scratch: Path,
-                result: dict[str, Any], duration: float, log_text: str) -> dict[str, Any]:
-        out_dir = scratch / "out"
-        produced = sorted(p for p in out_dir.rglob("*") if p.is_file())
-        names = [p.relative_to(out_dir).as_posix() for p in produced]
-        missing = [n for n in node.outputs if n not in names]
-        if missing:
-            raise ModelbuildError(f"{node.id}: stage did not write {', '.join(missing)}")
-        outputs = {}
-        for name, path in zip(names, produced, strict=True):
-            size = path.stat().st_size
-            outputs[name] = {"digest": self.store.put_blob(path), "size": size}
-        record = {
-            "stage_id": node.id, "kind": node.kind, "key": planned.key,
-            "ingredients": planned.ingredients, "outputs": outputs,
-            "metrics": result.get("metrics") or {}, "duration_s": round(duration, 3),
-            "log": log_text,
-        }
-        # Blobs first, record last: a record never points at bytes that are not there.
-        self.store.put_record(planned.key, record)
-        self.store.machine.set_last_key(node.id, planned.key)
-        self.store.push(planned.key, record, node.measurements)  # to the remote, if writable
-        return record
 
     def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:
         targets = [self.options.build_dir / node.id]
@@ -557,22 +449,3 @@ class Executor:
                 dest = base / name
                 if not self.store.blobs.is_materialised(output["digest"], dest):
                     self.store.get_blob(output["digest"], dest, verify=False)
-
-
-def _run_inline(scratch: Path) -> int:
-    import contextlib
-
-    from buildsys.execute.worker import run_job
-
-    cwd = os.getcwd()
-    with open(scratch / "log.txt", "w") as log, contextlib.redirect_stderr(log), \
-            contextlib.redirect_stdout(log):
-        try:
-            return run_job(scratch / "job.json")
-        finally:
-            os.chdir(cwd)
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from buildsys.numerics import check_cpu_class, pin_kernels
+from buildsys.toolchain import check_tool_versions
 
 # The coordinator's pid, set by the runner: a worker ends when its coordinator is gone.
 COORDINATOR_ENV = "MODELBUILD_COORDINATOR_PID"
@@ -63,7 +64,8 @@ def run_job(job_path: Path) -> int:
     os.chdir(ctx.work_dir)
     result: dict[str, object]
     try:
-        refusal = check_cpu_class(job.get("tools") or {})
+        refusal = check_tool_versions(job.get("tools") or {}) or \
+            check_cpu_class(job.get("tools") or {})
         if refusal:
             raise ModelbuildError(f"{job['stage_id']}: {refusal}")
         metrics = stage_class(job["kind"])().run(ctx) or {}

@@ -175,6 +175,10 @@ class AIHubStage(Stage):
     remote: ClassVar[bool] = True
 
     @classmethod
+    def resources(cls, params: dict[str, Any]) -> dict[str, float]:
+        return {"aihub": 1}  # on a cluster: a worker with the token and the network
+
+    @classmethod
     def unavailable(cls) -> str | None:
         """No API token, or AI Hub's host does not resolve: a fraction of a second, one name
         lookup. The message never contains the token (the backend never quotes its config)."""

@@ -112,6 +112,13 @@ class Stage:
         return cls.tools
 
     @classmethod
+    def resources(cls, params: dict[str, Any]) -> dict[str, float]:
+        """What a worker of a cluster must advertise to run this stage, beyond its tools:
+        `htp_sim` (the QNN HTP simulator), `aihub` (AI Hub token and network), `memory`
+        (bytes). A worker without them never gets the stage (`--scheduler`)."""
+        return {}
+
+    @classmethod
     def unavailable(cls) -> str | None:
         """Why stages of this kind cannot run from here (e.g. a remote service without a
         token or network), asked once per build before anything runs; None when they can."""

@@ -26,6 +26,11 @@ class InferStage(RuntimeStage):
     kind: ClassVar[str] = "infer"
     version: ClassVar[str] = "1"
 
+    @classmethod
+    def resources(cls, params: dict[str, Any]) -> dict[str, float]:
+        # A QNN context binary runs on the HTP simulator: only workers that have one.
+        return {"htp_sim": 1} if params["runtime"] == "qnn_context_binary" else {}
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         samples = load_samples(ctx.input("samples"))
         files = compiled_inputs(ctx)
