@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
 from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
@@ -19,8 +20,11 @@ from buildsys.plan.requirements import check_toolchains
 from buildsys.plan.status import Status
 from buildsys.recipe.load import Recipe
 from buildsys.store.lock import lock_entry, read_lock, write_lock
-from buildsys.store.remote import RemoteUnavailable
+from buildsys.store.remote import RemoteUnavailable, remote_from_env
 from buildsys.store.store import Store, default_cache_dir
+
+if TYPE_CHECKING:
+    from buildsys.execute.dask_pool import DaskPool
 
 
 @dataclass
@@ -42,6 +46,8 @@ class BuildOptions:
     remote_read_only: bool = False
     remote_required: bool = False
     summary: Path | None = None  # write the release table (Markdown) here
+    scheduler: str | None = None  # a Dask scheduler's address (else $MODELBUILD_SCHEDULER)
+    workers: int = 0  # start a LocalCluster of this many single-threaded workers
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
@@ -50,7 +56,7 @@ def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
 
 def attach_remote(store: Store, options: BuildOptions) -> None:
     """Put the remote cache (--remote or $MODELBUILD_REMOTE) behind the local store."""
-    from buildsys.store.remote import RemoteTier, remote_from_env
+    from buildsys.store.remote import RemoteTier
 
     url = None if options.no_remote else remote_from_env(options.remote)
     if url is None:
@@ -61,6 +67,55 @@ def attach_remote(store: Store, options: BuildOptions) -> None:
         return
     store.attach_remote(RemoteTier.open(url, writable=not options.remote_read_only,
                                         required=options.remote_required))
+
+
+def open_pool(store: Store, options: BuildOptions) -> DaskPool | None:
+    """The Dask pool of --scheduler or --workers, or None for the local process pool.
+    Stages and this machine exchange bytes through the remote cache only, so one is needed."""
+    from buildsys.execute.dask_pool import SCHEDULER_ENV, DaskPool
+
+    address = options.scheduler or os.environ.get(SCHEDULER_ENV, "").strip() or None
+    if address is None and not options.workers:
+        return None
+    flag = "--workers" if options.workers else "--scheduler"
+    if address is not None and options.workers:
+        raise UsageError("--scheduler and --workers: give one (a running cluster, or a local "
+                         "one started for this build)")
+    url = None if options.no_remote else remote_from_env(options.remote)
+    if url is None or store.remote is None:
+        raise UsageError(f"{flag}: stages travel to the workers through a shared cache: give "
+                         f"--remote s3://BUCKET/PREFIX, or --remote DIRECTORY that this "
+                         f"machine and every worker reach (or set MODELBUILD_REMOTE)")
+    if not store.remote.writable:
+        raise UsageError(f"{flag}: the workers upload what they build to the remote cache: "
+                         f"not with --remote-read-only")
+    if "://" not in url:  # a directory: the workers must find it by the same absolute path
+        url = str(Path(url).expanduser().resolve())
+    if options.workers:
+        return DaskPool.start_local(options.workers, store, url)
+    assert address is not None
+    return DaskPool.connect(address, store, url)
+
+
+def unplaceable_stages(store: Store, options: BuildOptions, plan: Plan) -> dict[str, str]:
+    """--plan with --scheduler: stages to run that no worker of the cluster could run (it
+    offers no worker with the resources they need), stage id → why."""
+    from buildsys.stages import stage_class
+
+    if options.workers:
+        return {}
+    pool = open_pool(store, options)
+    if pool is None:
+        return {}
+    try:
+        needs = {stage_id: stage_class(p.node.kind).resources(p.node.params)
+                 for stage_id, p in plan.stages.items() if p.status == Status.RUN}
+        return {stage_id: f"no worker of the Dask cluster at {pool.address} can run it: "
+                          f"{why}"
+                for stage_id, why in pool.unplaceable(
+                    {s: n for s, n in needs.items() if n}).items()}
+    finally:
+        pool.close()
 
 
 def remote_failure(store: Store) -> str | None:
@@ -104,10 +159,12 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
 
     started = time.monotonic()
     store = open_store(recipe, options.cache_dir)
+    pool = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
         attach_remote(store, options)
         plan = plan_build(recipe, store, options)
+        pool = open_pool(store, options)
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
         store.on_transfer(lambda text: progress.note("remote cache", text))
         jobs = options.jobs or len(os.sched_getaffinity(0))
@@ -115,7 +172,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             build_dir=recipe.build_dir, release_dir=recipe.release_dir,
             project_dir=recipe.project_dir, jobs=jobs,
             keep_going=options.keep_going, inline=options.inline,
-            run_under=options.run_under), progress)
+            run_under=options.run_under), progress, pool)
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             outcomes = executor.run()
@@ -164,6 +221,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
                 print(store.remote.summary_line(), file=sys.stderr)
         return 0 if report["ok"] and not errors else 1
     finally:
+        if pool is not None:
+            pool.close()
         store.close()
 
 

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "$MODELBUILD_REMOTE")
     parser.add_argument("--remote-required", action="store_true", help="fail the build if "
                         "the remote cache fails (default: build locally with a warning)")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the stages on "
+                        "this Dask cluster (default: $MODELBUILD_SCHEDULER); needs --remote")
+    parser.add_argument("--workers", type=int, default=0, metavar="N", help="run the stages "
+                        "on a Dask LocalCluster of N single-threaded worker processes started "
+                        "for this build; needs --remote")
     parser.add_argument("--summary", type=Path, metavar="FILE.md", help="write the release "
                         "table as Markdown (e.g. for $GITHUB_STEP_SUMMARY)")
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -110,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from buildsys.build import BuildOptions, attach_remote, open_store, plan_build, run_build
+    from buildsys.build import (
+        BuildOptions,
+        attach_remote,
+        open_store,
+        plan_build,
+        run_build,
+        unplaceable_stages,
+    )
     from buildsys.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, frozenset(args.group))
@@ -121,7 +133,10 @@ def _build(args: argparse.Namespace) -> int:
         no_remote=args.no_remote, remote_read_only=args.remote_read_only,
         remote_required=args.remote_required, summary=args.summary,
         run_under=shlex.split(args.run_under) if args.run_under else [],
+        scheduler=args.scheduler, workers=args.workers,
     )
+    if args.workers < 0:
+        raise UsageError("--workers must be ≥ 1")
     if args.jobs < 0:
         raise UsageError("--jobs must be ≥ 1")
     if options.run_under and shutil.which(options.run_under[0]) is None:
@@ -133,6 +148,7 @@ def _build(args: argparse.Namespace) -> int:
         try:
             attach_remote(store, options)
             plan = plan_build(recipe, store, options)
+            unplaceable = unplaceable_stages(store, options, plan) if args.plan else {}
         finally:
             store.close()
         if args.explain:
@@ -141,5 +157,7 @@ def _build(args: argparse.Namespace) -> int:
             print(render.explain(plan, args.explain))
         else:
             print(render.plan_json(plan) if args.json else render.plan_table(plan))
+            for stage_id, why in sorted(unplaceable.items()):
+                print(f"warning: {stage_id}: {why}", file=sys.stderr)
         return 0
     return run_build(recipe, options)

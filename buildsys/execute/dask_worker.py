@@ -1,0 +1,94 @@
+"""What a Dask worker runs for modelbuild: one stage, given as plain data, on its own store.
+
+The worker keeps a store of its own (`$MODELBUILD_WORKER_CACHE_DIR`, else inside the Dask
+worker's local directory) with the build's shared remote cache behind it. It fetches the
+stage's inputs from there by digest, runs the stage through the local process pool (its own
+child process, as on a laptop: a segfault fails only that stage), uploads the outputs and
+then the record, and returns the result. A worker killed at any point has uploaded no
+record, so the stage is never recorded half-done; the scheduler runs it elsewhere.
+
+Imported by the workers by module path; the coordinator imports it only to name `run_stage`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from buildsys.execute.local_pool import LocalPoolOptions, LocalProcessPool
+from buildsys.execute.pool import StageJob, make_record
+
+WORKER_CACHE_ENV = "MODELBUILD_WORKER_CACHE_DIR"
+
+# Stages running in this worker process (task key → the pool running it): Ctrl-C on the
+# coordinator ends their child processes through `kill_stages`.
+_running: dict[str, LocalProcessPool] = {}
+_running_lock = threading.Lock()
+
+
+class RemoteFailed(RuntimeError):
+    """The shared cache failed on this worker: worth a retry (Dask retries raised tasks)."""
+
+
+def worker_label(name: object, address: str) -> str:
+    """How progress and the report name a worker: its --name when it has one, else its
+    address (LocalCluster and an unnamed `dask worker` number or leave them unnamed)."""
+    return name if isinstance(name, str) and name and not name.isdigit() \
+        and name != address else address
+
+
+def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[str, Any]:
+    from distributed import get_worker
+
+    from buildsys.store.remote import RemoteTier
+    from buildsys.store.store import Store
+
+    worker = get_worker()
+    label = worker_label(worker.name, worker.address)
+    job = StageJob.from_dict(job_data)
+    root = os.environ.get(WORKER_CACHE_ENV) or str(Path(worker.local_directory) / "modelbuild")
+    store = Store(Path(root))
+    # A fresh remote per stage: one that failed once is not used again by the same tier,
+    # and a worker lives for many builds.
+    remote = RemoteTier.open(remote_url, writable=True)
+    store.attach_remote(remote)
+    nthreads = worker.state.nthreads
+    pool = LocalProcessPool(store, LocalPoolOptions(jobs=nthreads, cpu_count=os.cpu_count() or 1))
+    with _running_lock:
+        _running[task_key] = pool
+    try:
+        # One stage per worker thread: a single-threaded worker gives it the machine's cores
+        # (up to what the stage can use); a remote stage waits rather than computes.
+        slot = 0 if nthreads == 1 and not job.remote else None
+        result = pool.run(job, slot)
+        result.worker = label
+        if not result.ok:
+            result.error = f"{result.error} (on worker {label})"
+        if result.ok:
+            record = make_record(job, result)
+            store.put_record(job.key, record)
+            store.push(job.key, record)  # blobs first, then the record (create-only)
+            store.finish_uploads()
+            if remote.failure is not None:
+                raise RemoteFailed(f"worker {label}: the remote cache {remote.name} failed "
+                                   f"({remote.failure}); outputs of {job.stage_id} not shared")
+        elif not result.ran and remote.failure is not None:
+            raise RemoteFailed(f"worker {label}: the remote cache {remote.name} failed "
+                               f"({remote.failure}) while fetching inputs of {job.stage_id}")
+        return result.to_dict()
+    finally:
+        with _running_lock:
+            _running.pop(task_key, None)
+        store.close()
+
+
+def kill_stages(task_keys: list[str]) -> int:
+    """End the child processes of these tasks on this worker (Dask cannot stop a running
+    task's thread; ending its child makes the task return at once)."""
+    with _running_lock:
+        pools = [_running[k] for k in task_keys if k in _running]
+    for pool in pools:
+        pool.cancel_all()
+    return len(pools)
