@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,11 @@ def statuses(report: dict[str, Any], status: str) -> set[str]:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A SeaweedFS S3 server on 127.0.0.1, started once per session (tests/remote/conftest.py)."""
+    from tests.remote.conftest import seaweed_session
+
+    yield from seaweed_session(tmp_path_factory)

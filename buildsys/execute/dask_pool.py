@@ -30,7 +30,6 @@ from buildsys.store.store import Store
 from buildsys.toolchain import is_installed
 
 SCHEDULER_ENV = "MODELBUILD_SCHEDULER"
-CONNECT_TIMEOUT_S = 10
 WORKERS_TIMEOUT_S = 60  # for a first worker to join (a batch queue may take a while)
 RETRIES = 2  # for tasks that raised; a dead worker is the scheduler's allowed-failures
 KILL_TIMEOUT_S = 10
@@ -64,7 +63,8 @@ class DaskPool:
     def connect(cls, address: str, store: Store, remote_url: str) -> DaskPool:
         Client = _client_class("--scheduler")
         try:
-            client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            # timeout: dask's distributed.comm.timeouts.connect (DASK_DISTRIBUTED__COMM__…)
+            client = Client(address, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise ModelbuildError(f"cannot reach the Dask scheduler at {address}: "
                                   f"{_short(exc)}") from None

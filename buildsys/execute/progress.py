@@ -50,6 +50,8 @@ class PlainProgress:
                f"{outcome.stage_id}"
         if outcome.status == Status.BUILT:
             line += f"  {outcome.duration_s:.1f} s"
+            if outcome.worker and not outcome.worker.startswith(("local-", "remote")):
+                line += f"  on {outcome.worker}"  # a cluster's worker
         elif outcome.status != Status.CACHED or outcome.reason != "up to date":
             line += f"  ({outcome.error or outcome.reason})"
         if outcome.status == Status.FAILED and outcome.log_path:

@@ -106,8 +106,9 @@ def start_seaweed(data_dir: Path) -> SeaweedServer:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+def seaweed_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One server for the whole session (tests/conftest.py makes it the `seaweed` fixture of
+    every directory: the remote-cache and the distributed tests share it)."""
     server = start_seaweed(tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.kill()

@@ -1,0 +1,308 @@
+"""Stages on a real Dask cluster (scheduler and worker processes on 127.0.0.1) with the real
+SeaweedFS remote cache between them; every build is the real CLI in a subprocess.
+
+Command-step recipes keep the fault tests to seconds; one test builds part of the tiny torch
+pipeline (float and w8a8, host and HTP simulator) and compares it with the committed lock,
+which a local build made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Project, statuses
+from tests.distributed.conftest import (
+    PLAIN_WORKER,
+    SIM_WORKER,
+    DaskCluster,
+    cluster_env,
+    kill_group,
+    start_scheduler,
+    start_worker,
+    wait_for_workers,
+)
+from tests.remote.conftest import SECRET_KEY, SeaweedServer
+
+PY = sys.executable
+
+
+def slow_recipe(marker: Path, seconds: float) -> str:
+    """a → b → slow → after. `slow` appends its pid to `marker` when it starts (once per
+    attempt), then sleeps: the moment to kill something."""
+    def step(name: str, code: str, deps: list[str]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"cmd": [PY, "-c", code], "outs": [f"{name}.txt"]}
+        if deps:
+            entry["deps"] = deps
+        return entry
+
+    copy = "open('{out}', 'w').write(''.join(open(d).read() for d in {deps!r}) + '{out}')"
+    slow_code = (f"import os, time; open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n'); "
+                 f"time.sleep({seconds}); " + copy.format(out="slow.txt", deps=["b.txt"]))
+    steps = {
+        "a": step("a", copy.format(out="a.txt", deps=[]), []),
+        "b": step("b", copy.format(out="b.txt", deps=["a.txt"]), ["a.txt"]),
+        "slow": step("slow", slow_code, ["b.txt"]),
+        "after": step("after", copy.format(out="after.txt", deps=["slow.txt"]), ["slow.txt"]),
+    }
+    return yaml.safe_dump({"recipe": "slow", "steps": steps}, sort_keys=False)
+
+
+def start_build(project: Project, *args: str) -> subprocess.Popen[str]:
+    report = project.root / "report.json"
+    report.unlink(missing_ok=True)
+    return subprocess.Popen([PY, "-m", "buildsys", "recipe.yaml", "--report", str(report),
+                             *args], cwd=project.root, env=cluster_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def wait_for_lines(marker: Path, count: int, process: subprocess.Popen[str],
+                   timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = marker.read_text().split() if marker.exists() else []
+        if len(lines) >= count:
+            return [int(p) for p in lines]
+        if process.poll() is not None:
+            raise AssertionError(f"build ended first:\n{process.communicate()[1]}")
+        time.sleep(0.05)
+    raise AssertionError(f"{marker} did not get {count} line(s) in {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie of an ended process counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def gone_soon(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
+def report_of(project: Project) -> dict[str, Any]:
+    return json.loads((project.root / "report.json").read_text())
+
+
+def test_tiny_on_the_cluster_gives_the_local_lock(tmp_path: Path, dask_cluster: DaskCluster,
+                                                  seaweed: SeaweedServer) -> None:
+    """Float and w8a8 of the tiny recipe, host and simulator, built on the cluster: every
+    output (ONNX files, QNN context binaries, release archives) has the digest the committed
+    lock (a local build) records, and the stage keys are the same; the simulator's stages ran
+    only on the worker that advertises it; the report names each stage's worker."""
+    project = Project(tmp_path)
+    (tmp_path / "modelbuild.toml").write_text("")
+    shutil.copy(REPO / "recipes" / "tiny.yaml", tmp_path / "tiny.yaml")
+    patterns = ["tiny/float/*", "tiny/w8a8/*"]
+    report = project.build("tiny.yaml", *patterns, "--scheduler", dask_cluster.address,
+                           "--remote", seaweed.url("tiny"), env=cluster_env())
+    built = {s["id"]: s for s in report["stages"] if s["status"] == "built"}
+    assert len(built) == len(report["stages"]) > 20
+    committed = yaml.safe_load((REPO / "recipes" / "tiny.lock").read_text())["stages"]
+    made = yaml.safe_load((tmp_path / "tiny.lock").read_text())["stages"]
+    for stage_id, entry in made.items():
+        assert entry == committed[stage_id], stage_id
+    assert any(s.endswith("/package") for s in made)
+    archives = sorted((tmp_path / "release" / "tiny").glob("*.zip"))
+    assert archives, "no release archive"
+
+    on_sim = {s: e["worker"] for s, e in built.items() if "sm8550-sim/infer" in s}
+    assert len(on_sim) == 2 and set(on_sim.values()) == {SIM_WORKER}
+    assert {e["worker"] for e in built.values()} == {SIM_WORKER, PLAIN_WORKER}
+    assert "on sim" in report["process"].stderr
+    # the secret went to the workers through their environment, never into the build's files
+    for path in [tmp_path / "report.json", tmp_path / "tiny.lock"]:
+        assert SECRET_KEY not in path.read_text()
+
+    # A second build here is a no-op; a fresh checkout elsewhere gets everything from the
+    # remote the workers filled, without running anything.
+    again = project.build("tiny.yaml", *patterns, "--remote", seaweed.url("tiny"),
+                          env=cluster_env())
+    assert statuses(again, "built") == set()
+    other = Project(tmp_path / "other")
+    (other.root / "modelbuild.toml").parent.mkdir()
+    (other.root / "modelbuild.toml").write_text("")
+    shutil.copy(REPO / "recipes" / "tiny.yaml", other.root / "tiny.yaml")
+    fresh = other.build("tiny.yaml", *patterns, "--remote", seaweed.url("tiny"),
+                        env=cluster_env())
+    assert statuses(fresh, "built") == set()
+    for archive in archives:
+        assert (other.root / "release" / "tiny" / archive.name).read_bytes() == \
+            archive.read_bytes()
+
+
+def test_worker_killed_mid_stage_the_stage_runs_elsewhere(
+        tmp_path: Path, dask_cluster: DaskCluster, seaweed: SeaweedServer) -> None:
+    project = Project(tmp_path)
+    marker = tmp_path / "attempts"
+    project.write("recipe.yaml", slow_recipe(marker, 4))
+    build = start_build(project, "--scheduler", dask_cluster.address,
+                        "--remote", seaweed.url("killed-worker"))
+    first = wait_for_lines(marker, 1, build)[0]
+    with dask_cluster.client() as client:
+        running = {str(k): a for a, keys in client.processing().items() for k in keys}
+        address = next(a for k, a in running.items() if k.startswith("steps/slow#"))
+        worker_pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(worker_pid, signal.SIGKILL)
+    out, err = build.communicate(timeout=120)
+    assert build.returncode == 0, err
+    attempts = [int(p) for p in marker.read_text().split()]
+    assert len(attempts) == 2 and attempts[0] == first
+    assert gone_soon(first), "the killed worker's stage process lives on"
+    report = report_of(project)
+    assert statuses(report, "built") == {"steps/a", "steps/b", "steps/slow", "steps/after"}
+    assert (tmp_path / "build" / "slow" / "steps" / "after" / "after.txt").read_text() == \
+        "aa.txtb.txtslow.txtafter.txt"
+    # the nanny brings the worker back (the session's later tests use it)
+    wait_for_workers(dask_cluster.address, {PLAIN_WORKER, SIM_WORKER})
+
+
+def test_ctrl_c_cancels_the_builds_tasks(tmp_path: Path, dask_cluster: DaskCluster,
+                                         seaweed: SeaweedServer) -> None:
+    project = Project(tmp_path)
+    marker = tmp_path / "attempts"
+    project.write("recipe.yaml", slow_recipe(marker, 60))
+    build = start_build(project, "--scheduler", dask_cluster.address,
+                        "--remote", seaweed.url("ctrl-c"))
+    stage_pid = wait_for_lines(marker, 1, build)[0]
+    started = time.monotonic()
+    os.killpg(build.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    _, err = build.communicate(timeout=60)
+    assert build.returncode == 130, err
+    assert "interrupted" in err
+    assert gone_soon(stage_pid), "the stage's process still runs on the worker"
+    assert time.monotonic() - started < 30
+    with dask_cluster.client() as client:
+        deadline = time.monotonic() + 10
+        while any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(client.processing().values())
+    # what finished is kept: the re-run (fast this time) starts at the slow step
+    project.write("recipe.yaml", slow_recipe(marker, 0))
+    report = project.build("recipe.yaml", "--scheduler", dask_cluster.address,
+                           "--remote", seaweed.url("ctrl-c"), env=cluster_env())
+    assert statuses(report, "built") == {"steps/slow", "steps/after"}
+
+
+def _sitecustomize_faking(directory: Path, distribution: str, version: str) -> Path:
+    """A directory whose sitecustomize makes this Python report another installed version
+    of one distribution: a worker whose environment really differs (to importlib.metadata,
+    which is where modelbuild reads tool versions), without installing another wheel."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(
+        "import importlib.metadata as _m\n"
+        "_real = _m.version\n"
+        f"def version(name):\n"
+        f"    return {version!r} if name.lower() == {distribution!r} else _real(name)\n"
+        "_m.version = version\n")
+    return directory
+
+
+def test_worker_with_other_tool_versions_refuses_the_stage(
+        tmp_path: Path, seaweed: SeaweedServer) -> None:
+    """A cluster whose only worker has another pillow: the dataset stage (its key promises
+    this machine's pillow) is refused, naming the tool and both versions; nothing is stored
+    under its key. --plan of a simulator stage says no worker could run it."""
+    from importlib.metadata import version
+
+    site = _sitecustomize_faking(tmp_path / "site", "pillow", "0.0.1")
+    address, scheduler = start_scheduler(tmp_path / "cluster")
+    worker = start_worker(address, tmp_path / "cluster", "odd",
+                          env={"PYTHONPATH": f"{site}{os.pathsep}{REPO}"})
+    try:
+        wait_for_workers(address, {"odd"})
+        project = Project(tmp_path / "p")
+        project.write("modelbuild.toml", "")
+        shutil.copy(REPO / "recipes" / "tiny.yaml", project.root / "tiny.yaml")
+        stage = "data/photos/calibration@tiny"
+        report = project.build("tiny.yaml", stage, "--scheduler", address,
+                               "--remote", seaweed.url("odd"), check=False, env=cluster_env())
+        assert report["process"].returncode == 1
+        (entry,) = report["stages"]
+        assert entry["status"] == "failed"
+        assert f"pillow 0.0.1 (the key promises pillow {version('pillow')})" in entry["error"]
+        assert "refuses" in entry["error"] and "odd" in entry["error"]
+        assert not list(seaweed.store("odd").list(prefix="ac").collect())
+
+        plan = project.run("tiny.yaml", "tiny/float/qnn/sm8550-sim/infer", "--plan",
+                           "--scheduler", address, "--remote", seaweed.url("odd"),
+                           env=cluster_env())
+        assert f"tiny/float/qnn/sm8550-sim/infer: no worker of the Dask cluster at {address}" \
+               f" can run it: needs htp_sim=1" in plan.stderr
+    finally:
+        kill_group(worker)
+        kill_group(scheduler)
+
+
+def test_scheduler_lost_mid_build_then_the_rerun_resumes(
+        tmp_path: Path, seaweed: SeaweedServer) -> None:
+    directory = tmp_path / "cluster"
+    address, scheduler = start_scheduler(directory)
+    worker = start_worker(address, directory, "w1", "--death-timeout", "5")
+    processes = [scheduler, worker]
+    try:
+        wait_for_workers(address, {"w1"})
+        project = Project(tmp_path / "p")
+        marker = tmp_path / "attempts"
+        project.write("recipe.yaml", slow_recipe(marker, 30))
+        build = start_build(project, "--scheduler", address, "--remote",
+                            seaweed.url("lost-scheduler"))
+        wait_for_lines(marker, 1, build)
+        kill_group(scheduler)
+        _, err = build.communicate(timeout=90)
+        assert build.returncode == 1, err
+        assert f"lost the Dask scheduler at {address}" in err
+        report = report_of(project)
+        assert statuses(report, "built") == {"steps/a", "steps/b"}
+
+        address2, scheduler2 = start_scheduler(directory / "again")
+        processes.append(scheduler2)
+        processes.append(start_worker(address2, directory / "again", "w2"))
+        wait_for_workers(address2, {"w2"})
+        project.write("recipe.yaml", slow_recipe(marker, 0))
+        again = project.build("recipe.yaml", "--scheduler", address2, "--remote",
+                              seaweed.url("lost-scheduler"), env=cluster_env())
+        assert statuses(again, "built") == {"steps/slow", "steps/after"}
+        assert statuses(again, "cached") >= {"steps/a", "steps/b"} - {"steps/a"}
+    finally:
+        for process in processes:
+            kill_group(process)
+
+
+def test_no_remote_no_cluster(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    project.write("recipe.yaml", slow_recipe(tmp_path / "m", 0))
+    result = project.run("recipe.yaml", "--scheduler", "tcp://127.0.0.1:1", check=False,
+                         env=cluster_env())
+    assert result.returncode == 2
+    assert "--scheduler: stages travel to the workers through a shared cache" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--scheduler", "MODELBUILD_SCHEDULER"])
+def test_unreachable_scheduler_is_named(tmp_path: Path, flag: str) -> None:
+    project = Project(tmp_path)
+    project.write("recipe.yaml", slow_recipe(tmp_path / "m", 0))
+    address = "tcp://127.0.0.1:9"  # discard port: nothing listens
+    args = ["--scheduler", address] if flag == "--scheduler" else []
+    env = cluster_env({"MODELBUILD_SCHEDULER": address} if flag != "--scheduler" else {})
+    result = project.run("recipe.yaml", *args, "--remote", str(tmp_path / "shared"),
+                         check=False, env=env)
+    assert result.returncode == 1
+    assert f"cannot reach the Dask scheduler at {address}" in result.stderr
