@@ -63,12 +63,13 @@ def check_tool_versions(promised: Mapping[str, str]) -> str | None:
     """Why this process must not run a stage whose key promised these tool versions, or
     None. A worker elsewhere (a cluster) may have other versions installed: running the stage
     there would store other bytes under a key that promises these."""
-    differing = [f"{name} {tool_version(name)} (the key promises {version})"
-                 for name, version in sorted(promised.items())
+    differing = [(name, version) for name, version in sorted(promised.items())
                  if name != ORT_KERNELS and tool_version(name) != version]  # CPU: check_cpu_class
     if not differing:
         return None
-    return f"this worker has {', '.join(differing)}, so it refuses the stage"
+    here = ", ".join(f"{name} {tool_version(name)}" for name, _ in differing)
+    keyed = ", ".join(f"{name} {version}" for name, version in differing)
+    return f"this worker has {here}, but the stage's key promises {keyed}: it refuses the stage"
 
 
 def install_hint(extras: Iterable[str]) -> str:

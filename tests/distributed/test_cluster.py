@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,8 @@ def test_tiny_on_the_cluster_gives_the_local_lock(tmp_path: Path, dask_cluster: 
     for stage_id, entry in made.items():
         assert entry == committed[stage_id], stage_id
     assert any(s.endswith("/package") for s in made)
-    archives = sorted((tmp_path / "release" / "tiny").glob("*.zip"))
-    assert archives, "no release archive"
+    archives = sorted((tmp_path / "release" / "tiny").glob("*.tar.gz"))
+    assert len(archives) == 4
 
     on_sim = {s: e["worker"] for s, e in built.items() if "sm8550-sim/infer" in s}
     assert len(on_sim) == 2 and set(on_sim.values()) == {SIM_WORKER}
@@ -161,7 +162,7 @@ def test_worker_killed_mid_stage_the_stage_runs_elsewhere(
         address = next(a for k, a in running.items() if k.startswith("steps/slow#"))
         worker_pid = client.run(os.getpid, workers=[address])[address]
     os.kill(worker_pid, signal.SIGKILL)
-    out, err = build.communicate(timeout=120)
+    _, err = build.communicate(timeout=120)
     assert build.returncode == 0, err
     attempts = [int(p) for p in marker.read_text().split()]
     assert len(attempts) == 2 and attempts[0] == first
@@ -169,7 +170,7 @@ def test_worker_killed_mid_stage_the_stage_runs_elsewhere(
     report = report_of(project)
     assert statuses(report, "built") == {"steps/a", "steps/b", "steps/slow", "steps/after"}
     assert (tmp_path / "build" / "slow" / "steps" / "after" / "after.txt").read_text() == \
-        "aa.txtb.txtslow.txtafter.txt"
+        "a.txtb.txtslow.txtafter.txt"
     # the nanny brings the worker back (the session's later tests use it)
     wait_for_workers(dask_cluster.address, {PLAIN_WORKER, SIM_WORKER})
 
@@ -215,75 +216,81 @@ def _sitecustomize_faking(directory: Path, distribution: str, version: str) -> P
     return directory
 
 
-def test_worker_with_other_tool_versions_refuses_the_stage(
-        tmp_path: Path, seaweed: SeaweedServer) -> None:
-    """A cluster whose only worker has another pillow: the dataset stage (its key promises
-    this machine's pillow) is refused, naming the tool and both versions; nothing is stored
-    under its key. --plan of a simulator stage says no worker could run it."""
-    from importlib.metadata import version
-
-    site = _sitecustomize_faking(tmp_path / "site", "pillow", "0.0.1")
-    address, scheduler = start_scheduler(tmp_path / "cluster")
-    worker = start_worker(address, tmp_path / "cluster", "odd",
+@pytest.fixture(scope="module")
+def odd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A scheduler of its own (the last test here kills it) and one worker whose environment
+    really differs: its importlib.metadata reports pillow 0.0.1 (a sitecustomize on its
+    PYTHONPATH, inherited by the stage processes it starts), without installing another
+    wheel. Yields the address and the scheduler process."""
+    directory = tmp_path_factory.mktemp("odd-cluster")
+    site = directory / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import importlib.metadata as _m\n"
+        "_real = _m.version\n"
+        "def version(name):\n"
+        "    return '0.0.1' if name.lower() == 'pillow' else _real(name)\n"
+        "_m.version = version\n")
+    address, scheduler = start_scheduler(directory)
+    worker = start_worker(address, directory, "odd",
                           env={"PYTHONPATH": f"{site}{os.pathsep}{REPO}"})
     try:
         wait_for_workers(address, {"odd"})
-        project = Project(tmp_path / "p")
-        project.write("modelbuild.toml", "")
-        shutil.copy(REPO / "recipes" / "tiny.yaml", project.root / "tiny.yaml")
-        stage = "data/photos/calibration@tiny"
-        report = project.build("tiny.yaml", stage, "--scheduler", address,
-                               "--remote", seaweed.url("odd"), check=False, env=cluster_env())
-        assert report["process"].returncode == 1
-        (entry,) = report["stages"]
-        assert entry["status"] == "failed"
-        assert f"pillow 0.0.1 (the key promises pillow {version('pillow')})" in entry["error"]
-        assert "refuses" in entry["error"] and "odd" in entry["error"]
-        assert not list(seaweed.store("odd").list(prefix="ac").collect())
-
-        plan = project.run("tiny.yaml", "tiny/float/qnn/sm8550-sim/infer", "--plan",
-                           "--scheduler", address, "--remote", seaweed.url("odd"),
-                           env=cluster_env())
-        assert f"tiny/float/qnn/sm8550-sim/infer: no worker of the Dask cluster at {address}" \
-               f" can run it: needs htp_sim=1" in plan.stderr
+        yield address, scheduler
     finally:
         kill_group(worker)
         kill_group(scheduler)
 
 
-def test_scheduler_lost_mid_build_then_the_rerun_resumes(
-        tmp_path: Path, seaweed: SeaweedServer) -> None:
-    directory = tmp_path / "cluster"
-    address, scheduler = start_scheduler(directory)
-    worker = start_worker(address, directory, "w1", "--death-timeout", "5")
-    processes = [scheduler, worker]
-    try:
-        wait_for_workers(address, {"w1"})
-        project = Project(tmp_path / "p")
-        marker = tmp_path / "attempts"
-        project.write("recipe.yaml", slow_recipe(marker, 30))
-        build = start_build(project, "--scheduler", address, "--remote",
-                            seaweed.url("lost-scheduler"))
-        wait_for_lines(marker, 1, build)
-        kill_group(scheduler)
-        _, err = build.communicate(timeout=90)
-        assert build.returncode == 1, err
-        assert f"lost the Dask scheduler at {address}" in err
-        report = report_of(project)
-        assert statuses(report, "built") == {"steps/a", "steps/b"}
+def test_worker_with_other_tool_versions_refuses_the_stage(
+        tmp_path: Path, odd_cluster: tuple[str, Any], seaweed: SeaweedServer) -> None:
+    """The dataset stage's key promises this machine's pillow; the cluster's only worker has
+    another: it refuses the stage, naming the tool and both versions, and nothing is stored
+    under the key. --plan of a simulator stage says no worker of this cluster could run it."""
+    from importlib.metadata import version
 
-        address2, scheduler2 = start_scheduler(directory / "again")
-        processes.append(scheduler2)
-        processes.append(start_worker(address2, directory / "again", "w2"))
-        wait_for_workers(address2, {"w2"})
-        project.write("recipe.yaml", slow_recipe(marker, 0))
-        again = project.build("recipe.yaml", "--scheduler", address2, "--remote",
-                              seaweed.url("lost-scheduler"), env=cluster_env())
-        assert statuses(again, "built") == {"steps/slow", "steps/after"}
-        assert statuses(again, "cached") >= {"steps/a", "steps/b"} - {"steps/a"}
-    finally:
-        for process in processes:
-            kill_group(process)
+    address, _ = odd_cluster
+    project = Project(tmp_path)
+    project.write("modelbuild.toml", "")
+    shutil.copy(REPO / "recipes" / "tiny.yaml", project.root / "tiny.yaml")
+    report = project.build("tiny.yaml", "data/photos/calibration@tiny", "--scheduler", address,
+                           "--remote", seaweed.url("odd"), check=False, env=cluster_env())
+    assert report["process"].returncode == 1
+    (entry,) = report["stages"]
+    assert entry["status"] == "failed"
+    assert f"this worker has pillow 0.0.1, but the stage's key promises pillow " \
+           f"{version('pillow')}: it refuses the stage (on worker odd)" in entry["error"]
+    assert not list(seaweed.store("odd").list(prefix="ac").collect())
+
+    plan = project.run("tiny.yaml", "tiny/float/qnn/sm8550-sim/infer", "--plan",
+                       "--scheduler", address, "--remote", seaweed.url("odd"),
+                       env=cluster_env())
+    assert f"tiny/float/qnn/sm8550-sim/infer: no worker of the Dask cluster at {address} " \
+           f"can run it: needs htp_sim=1" in plan.stderr
+
+
+def test_scheduler_lost_mid_build_then_the_rerun_resumes(
+        tmp_path: Path, odd_cluster: tuple[str, Any], seaweed: SeaweedServer) -> None:
+    """Kills the module's scheduler: the last test of the module."""
+    address, scheduler = odd_cluster
+    project = Project(tmp_path)
+    marker = tmp_path / "attempts"
+    project.write("recipe.yaml", slow_recipe(marker, 30))
+    build = start_build(project, "--scheduler", address, "--remote",
+                        seaweed.url("lost-scheduler"))
+    wait_for_lines(marker, 1, build)
+    kill_group(scheduler)
+    lost_at = time.monotonic()
+    _, err = build.communicate(timeout=90)
+    assert build.returncode == 1, err
+    assert f"lost the Dask scheduler at {address}: finished stages are cached" in err
+    assert time.monotonic() - lost_at < 30
+    assert statuses(report_of(project), "built") == {"steps/a", "steps/b"}
+    # The re-run (here on this machine's pool, the same store and remote) resumes.
+    project.write("recipe.yaml", slow_recipe(marker, 0))
+    again = project.build("recipe.yaml", "--remote", seaweed.url("lost-scheduler"),
+                          env=cluster_env())
+    assert statuses(again, "built") == {"steps/slow", "steps/after"}
 
 
 def test_no_remote_no_cluster(tmp_path: Path) -> None:
@@ -295,14 +302,11 @@ def test_no_remote_no_cluster(tmp_path: Path) -> None:
     assert "--scheduler: stages travel to the workers through a shared cache" in result.stderr
 
 
-@pytest.mark.parametrize("flag", ["--scheduler", "MODELBUILD_SCHEDULER"])
-def test_unreachable_scheduler_is_named(tmp_path: Path, flag: str) -> None:
+def test_unreachable_scheduler_is_named(tmp_path: Path) -> None:
     project = Project(tmp_path)
     project.write("recipe.yaml", slow_recipe(tmp_path / "m", 0))
     address = "tcp://127.0.0.1:9"  # discard port: nothing listens
-    args = ["--scheduler", address] if flag == "--scheduler" else []
-    env = cluster_env({"MODELBUILD_SCHEDULER": address} if flag != "--scheduler" else {})
-    result = project.run("recipe.yaml", *args, "--remote", str(tmp_path / "shared"),
-                         check=False, env=env)
+    result = project.run("recipe.yaml", "--remote", str(tmp_path / "shared"), check=False,
+                         env=cluster_env({"MODELBUILD_SCHEDULER": address}))
     assert result.returncode == 1
     assert f"cannot reach the Dask scheduler at {address}" in result.stderr
