@@ -1,0 +1,129 @@
+"""Stages on a Dask cluster against this machine's process pool: what the cluster costs.
+
+    python benchmarks/distributed.py [RECIPE] [--chain N]   # default recipes/tiny.yaml, 20
+
+1. The recipe, cold (fresh copy, empty store), built locally with `-j 2`, then on a
+   2-worker LocalCluster (`--workers 2`, single-threaded workers on 127.0.0.1) with a
+   loopback SeaweedFS server as the remote cache the bytes travel through. Wall times of the
+   whole command (the cluster's start included) and of its execution phase, the sum of stage
+   times, and the cluster's overhead in per cent. Target (issue 15): within 10 %.
+2. Per-stage dispatch overhead: a chain of N trivial command steps (each waits for the
+   previous one, so nothing overlaps) on each pool; the span from the first stage's start to
+   the last one's end, divided by N, and the difference: what handing one stage to a Dask
+   worker (submit, fetch inputs, upload outputs and record, download) adds to a local one.
+
+Cold builds only: on a shared machine, run it when nothing else runs, and say so otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.remote.conftest import CREDENTIALS, start_seaweed  # noqa: E402
+
+SKIP = {"build", "release", "dist", ".cache"}
+
+
+def fresh_copy(recipe: Path, where: Path) -> Path:
+    """The recipe's folder as a fresh checkout would have it, a project of its own."""
+    shutil.copytree(recipe.parent, where, ignore=lambda d, names: [
+        n for n in names if Path(d) == recipe.parent and (n in SKIP or n.endswith(".lock"))])
+    (where / "modelbuild.toml").touch()
+    return where / recipe.name
+
+
+def modelbuild(recipe: Path, *args: str) -> tuple[float, dict[str, Any]]:
+    """Run the CLI; (wall seconds, its JSON report)."""
+    report = recipe.parent / "bench-report.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **CREDENTIALS}
+    env.pop("MODELBUILD_CACHE_DIR", None)
+    env.pop("MODELBUILD_SCHEDULER", None)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "buildsys", recipe.name, "-q",
+                             "--report", str(report), *args], cwd=recipe.parent, env=env,
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"modelbuild {recipe.name} {' '.join(args)} failed:\n"
+                         f"{result.stderr[-3000:]}")
+    return wall, json.loads(report.read_text())
+
+
+def span(report: dict[str, Any]) -> float:
+    """From the first built stage's start to the last one's end."""
+    built = [s for s in report["stages"] if s["status"] == "built"]
+    return max(s["started_s"] + s["duration_s"] for s in built) - \
+        min(s["started_s"] for s in built)
+
+
+def stage_seconds(report: dict[str, Any]) -> float:
+    return sum(s["duration_s"] for s in report["stages"] if s["status"] == "built")
+
+
+def chain_recipe(steps: int) -> str:
+    lines = ["recipe: chain", "steps:"]
+    for i in range(steps):
+        code = f"open('s{i}.txt', 'w').write(str({i}) + (open('s{i - 1}.txt').read() " \
+               f"if {i} else ''))"
+        lines += [f"  s{i}:", f"    cmd: [{json.dumps(sys.executable)}, \"-c\", "
+                  f"{json.dumps(code)}]", f"    outs: [s{i}.txt]"]
+        if i:
+            lines.append(f"    deps: [s{i - 1}.txt]")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", nargs="?", type=Path, default=REPO / "recipes" / "tiny.yaml")
+    parser.add_argument("--chain", type=int, default=20, help="steps of the dispatch chain")
+    args = parser.parse_args()
+    recipe = args.recipe.resolve()
+    with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp_name:
+        tmp = Path(tmp_name)
+        server = start_seaweed(tmp / "seaweedfs")
+        try:
+            rows = []
+            local_wall, local = modelbuild(fresh_copy(recipe, tmp / "local"), "-j", "2")
+            dask_wall, dask = modelbuild(fresh_copy(recipe, tmp / "dask"), "--workers", "2",
+                                         "--remote", server.url("bench"))
+            rows.append(("local -j 2", local_wall, local))
+            rows.append(("--workers 2", dask_wall, dask))
+            print(f"{recipe.name}, cold, {len(local['stages'])} stages "
+                  f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):")
+            print(f"  {'':<14}{'command':>10}{'execution':>12}{'stage sum':>12}")
+            for name, wall, report in rows:
+                print(f"  {name:<14}{wall:>9.1f}s{report['wall_time_s']:>11.1f}s"
+                      f"{stage_seconds(report):>11.1f}s")
+            print(f"  cluster overhead: {100 * (dask_wall / local_wall - 1):+.1f} % of the "
+                  f"command, {100 * (dask['wall_time_s'] / local['wall_time_s'] - 1):+.1f} % "
+                  f"of the build")
+
+            chain = tmp / "chain" / "chain.yaml"
+            chain.parent.mkdir()
+            chain.write_text(chain_recipe(args.chain))
+            _, local_chain = modelbuild(fresh_copy(chain, tmp / "chain-local"), "-j", "1")
+            _, dask_chain = modelbuild(fresh_copy(chain, tmp / "chain-dask"), "--workers", "2",
+                                       "--remote", server.url("chain"))
+            per_local = span(local_chain) / args.chain
+            per_dask = span(dask_chain) / args.chain
+            print(f"dispatch, a chain of {args.chain} trivial steps: {per_local * 1000:.0f} ms "
+                  f"a stage locally, {per_dask * 1000:.0f} ms on the cluster: "
+                  f"{(per_dask - per_local) * 1000:+.0f} ms per stage handed to a worker")
+        finally:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()
