@@ -78,11 +78,12 @@ class DaskPool:
         Client = _client_class("--workers")
         from distributed import LocalCluster
 
-        # This machine has what it has installed: the simulator if its toolchain is there.
-        resources = {"htp_sim": 1} if is_installed("onnxruntime-qnn") else {}
+        # The workers are this machine: the simulator if its toolchain is installed, and AI
+        # Hub as far as this machine reaches it (the planner skips AI Hub stages otherwise).
+        resources = {"aihub": 1, **({"htp_sim": 1} if is_installed("onnxruntime-qnn") else {})}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
-                               resources=resources or None)
+                               resources=resources)
         client = Client(cluster, set_as_default=False)
         pool = cls(client, str(cluster.scheduler_address), store, remote_url, cluster)
         pool._wait_for_workers()

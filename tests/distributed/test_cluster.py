@@ -294,3 +294,28 @@ def test_unreachable_scheduler_is_named(tmp_path: Path) -> None:
                          env=cluster_env({"MODELBUILD_SCHEDULER": address}))
     assert result.returncode == 1
     assert f"cannot reach the Dask scheduler at {address}" in result.stderr
+
+
+def test_local_cluster_retries_a_dead_worker_boundedly(tmp_path: Path) -> None:
+    """--workers 2 (a LocalCluster started by the build, a shared directory as the remote):
+    a stage that kills the worker running it is tried on a second worker, then fails naming
+    the limit (allowed-failures 1 here); -k builds the independent stage meanwhile."""
+    project = Project(tmp_path)
+    kill_my_worker = ("import os; ppid = os.getppid(); "
+                      "stat = open(f'/proc/{ppid}/stat').read().rsplit(') ', 1)[1].split(); "
+                      "os.kill(int(stat[1]), 9)")  # the stage process's parent: the worker
+    project.write("recipe.yaml", yaml.safe_dump({"recipe": "crash", "steps": {
+        "fine": {"cmd": [PY, "-c", "open('fine.txt', 'w').write('fine')"],
+                 "outs": ["fine.txt"]},
+        "crash": {"cmd": [PY, "-c", kill_my_worker], "outs": ["crash.txt"]},
+    }}))
+    env = cluster_env({"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    report = project.build("recipe.yaml", "--workers", "2", "-k", "--remote",
+                           str(tmp_path / "shared"), check=False, env=env)
+    assert report["process"].returncode == 1
+    assert statuses(report, "built") == {"steps/fine"}
+    (crash,) = [s for s in report["stages"] if s["id"] == "steps/crash"]
+    assert crash["status"] == "failed"
+    assert "every worker that ran it died" in crash["error"]
+    assert "2 different workers" in crash["error"]
+    assert (tmp_path / "shared").is_dir()
