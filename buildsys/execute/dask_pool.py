@@ -123,7 +123,12 @@ class DaskPool:
         key = f"{job.stage_id}#{job.key[:12]}#{uuid.uuid4().hex[:6]}"
         resources = {k: v for k, v in job.resources.items() if k != "memory"}
         workers = self._workers_with_memory(job.resources.get("memory"))
-        waiting = unplaceable_reason(job.resources, self._workers())
+        if workers == []:  # Dask cannot wait for memory: no worker has that much now
+            return StageResult(False, error=f"{job.stage_id}: needs "
+                               f"{job.resources['memory'] / 1e9:.1f} GB of memory; no worker "
+                               f"of the Dask cluster at {self.address} has that much",
+                               ran=False)
+        waiting = unplaceable_reason(job.resources, self._workers()) if resources else ""
         with self._lock:
             self._stage_of[key] = job.stage_id
             if waiting:
@@ -153,13 +158,19 @@ class DaskPool:
                 self._stage_of.pop(key, None)
                 self._notes.pop(job.stage_id, None)
 
-    def keep(self, record: dict[str, Any], measurements: tuple[str, ...]) -> None:
-        # The worker uploaded blobs and record; this machine needs the bytes too (the build
-        # directory, the release archives) — and the record last, after its blobs.
+    def keep(self, record: dict[str, Any], measurements: tuple[str, ...],
+             needed_here: bool) -> bool:
+        # The worker uploaded blobs and record. Intermediates stay there, like remote hits
+        # (remembered, so the next build asks nothing); release archives and leaves come
+        # here, blobs first and the record last.
+        if not needed_here:
+            self.store.machine.remember_remote(record["key"], record)
+            return False
         if not self.store.fetch(record):
             name = self.store.remote.name if self.store.remote else "-"
             raise StoreError(f"{record['stage_id']}: built on the cluster, but its outputs "
                              f"could not be downloaded from the remote cache {name}")
+        return True
 
     def notes(self) -> dict[str, str]:
         """Running stage → "on <worker>" (asked of the scheduler at most once a second)."""
@@ -206,7 +217,7 @@ class DaskPool:
         if not needed:
             return None
         return [a for a, w in self._workers().items()
-                if (w.get("memory_limit") or 0) >= needed] or None
+                if (w.get("memory_limit") or 0) >= needed]
 
     def unplaceable(self, needs: dict[str, dict[str, float]]) -> dict[str, str]:
         """Stage id → why no worker of the cluster could run it (for --plan)."""

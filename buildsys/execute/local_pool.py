@@ -55,10 +55,12 @@ class LocalProcessPool:
     def provide(self, digest: str, label: str) -> bool:
         return self.store.fetch_blob(digest, label=label)  # here, or from the remote cache
 
-    def keep(self, record: dict[str, Any], measurements: tuple[str, ...]) -> None:
+    def keep(self, record: dict[str, Any], measurements: tuple[str, ...],
+             needed_here: bool) -> bool:
         # Blobs first (run put them), record last: a record never points at missing bytes.
         self.store.put_record(record["key"], record)
         self.store.push(record["key"], record, measurements)  # to the remote, if writable
+        return True
 
     def notes(self) -> dict[str, str]:
         """Each running stage's latest status line (a remote job's state and link)."""

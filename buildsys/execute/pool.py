@@ -93,9 +93,11 @@ class WorkerPool(Protocol):
 
     def run(self, job: StageJob, slot: int | None) -> StageResult: ...
 
-    def keep(self, record: dict[str, Any], measurements: tuple[str, ...]) -> None:
-        """Make a finished stage's record and outputs available in the coordinator's store
-        (blobs first, record last)."""
+    def keep(self, record: dict[str, Any], measurements: tuple[str, ...],
+             needed_here: bool) -> bool:
+        """Store a finished stage's result for the coordinator (blobs first, record last);
+        True when its outputs are in the coordinator's store. A pool whose stages left their
+        outputs elsewhere brings them here only when `needed_here` (published, or a leaf)."""
         ...
 
     def placement(self) -> dict[str, str]:

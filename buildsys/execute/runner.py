@@ -357,9 +357,14 @@ class Executor:
                                error=f"{', '.join(changed)} changed during the build, while "
                                      f"the stage ran: its outputs are not recorded; run again")
             record = make_record(job, result)
-            self.pool.keep(record, node.measurements)
+            # Final artifacts (published, or a leaf of the graph) are wanted here.
+            needed_here = node.publish or not any(True for _ in
+                                                  self.plan.graph.successors(stage_id))
+            if self.pool.keep(record, node.measurements, needed_here):
+                self._materialise(node, record)
+            else:  # its outputs stay in the shared cache, like a remote hit's
+                self._unlink_stale(node, record)
             self.store.machine.set_last_key(node.id, job.key)
-            self._materialise(node, record)
             return Outcome(stage_id, BUILT, planned.reason, planned.key, record,
                            duration_s=duration, metrics=record["metrics"], log_path=kept_log,
                            worker=result.worker)
