@@ -25,6 +25,8 @@ WHERE = {
 class InferStage(RuntimeStage):
     kind: ClassVar[str] = "infer"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("outputs.npz", "infer.json")
+    measurement_files: ClassVar[tuple[str, ...]] = ("infer.json",)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         samples = load_samples(ctx.input("samples"))
