@@ -37,6 +37,7 @@ from buildsys.plan.planner import (
 )
 from buildsys.plan.status import Status
 from buildsys.stages import stage_class
+from buildsys.store.record import OutputEntry, StageRecord, new_record
 from buildsys.store.store import Store
 
 BUILT, FAILED = Status.BUILT, Status.FAILED
@@ -52,7 +53,7 @@ class Outcome:
     status: Status  # built | cached | failed | skipped
     reason: str
     key: str | None = None
-    record: dict[str, Any] | None = None
+    record: StageRecord | None = None
     duration_s: float = 0.0
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -318,7 +319,7 @@ class Executor:
         planned.status, planned.record = RUN, None
         return None
 
-    def _unlink_stale(self, node: StageNode, record: dict[str, Any]) -> None:
+    def _unlink_stale(self, node: StageNode, record: StageRecord) -> None:
         """Outputs an older build left in the build directory for a stage whose current
         result stays on the remote: gone, so nobody mistakes them for this build's."""
         base = self.options.build_dir / node.id
@@ -326,7 +327,7 @@ class Executor:
             with contextlib.suppress(FileNotFoundError):
                 (base / name).unlink()
 
-    def _cached(self, stage_id: str, key: str | None, record: dict[str, Any] | None,
+    def _cached(self, stage_id: str, key: str | None, record: StageRecord | None,
                 reason: str) -> Outcome:
         assert key is not None and record is not None
         try:
@@ -525,30 +526,26 @@ class Executor:
         return result
 
     def _ingest(self, node: StageNode, planned: Any, job: dict[str, Any], scratch: Path,
-                result: dict[str, Any], duration: float, log_text: str) -> dict[str, Any]:
+                result: dict[str, Any], duration: float, log_text: str) -> StageRecord:
         out_dir = scratch / "out"
         produced = sorted(p for p in out_dir.rglob("*") if p.is_file())
         names = [p.relative_to(out_dir).as_posix() for p in produced]
         missing = [n for n in node.outputs if n not in names]
         if missing:
             raise ModelbuildError(f"{node.id}: stage did not write {', '.join(missing)}")
-        outputs = {}
+        outputs: dict[str, OutputEntry] = {}
         for name, path in zip(names, produced, strict=True):
             size = path.stat().st_size
             outputs[name] = {"digest": self.store.put_blob(path), "size": size}
-        record = {
-            "stage_id": node.id, "kind": node.kind, "key": planned.key,
-            "ingredients": planned.ingredients, "outputs": outputs,
-            "metrics": result.get("metrics") or {}, "duration_s": round(duration, 3),
-            "log": log_text,
-        }
+        record = new_record(node.id, node.kind, planned.key, planned.ingredients, outputs,
+                            result.get("metrics") or {}, duration, log_text)
         # Blobs first, record last: a record never points at bytes that are not there.
         self.store.put_record(planned.key, record)
         self.store.machine.set_last_key(node.id, planned.key)
         self.store.push(planned.key, record, node.measurements)  # to the remote, if writable
         return record
 
-    def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:
+    def _materialise(self, node: StageNode, record: StageRecord) -> None:
         targets = [self.options.build_dir / node.id]
         if node.publish and self.options.release_dir is not None:
             targets.append(self.options.release_dir)
