@@ -26,6 +26,7 @@ from typing import Any
 from buildsys.errors import ModelbuildError, StoreError, UsageError
 from buildsys.execute.dask_worker import kill_stages, run_stage, worker_label
 from buildsys.execute.pool import StageJob, StageResult
+from buildsys.store.record import StageRecord
 from buildsys.store.store import Store
 from buildsys.toolchain import is_installed
 
@@ -158,7 +159,7 @@ class DaskPool:
                 self._stage_of.pop(key, None)
                 self._notes.pop(job.stage_id, None)
 
-    def keep(self, record: dict[str, Any], measurements: tuple[str, ...],
+    def keep(self, record: StageRecord, measurements: tuple[str, ...],
              needed_here: bool) -> bool:
         # The worker uploaded blobs and record. Intermediates stay there, like remote hits
         # (remembered, so the next build asks nothing); release archives and leaves come

@@ -23,6 +23,7 @@ from typing import Any
 from buildsys.errors import ModelbuildError
 from buildsys.execute.pool import StageJob, StageResult
 from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
+from buildsys.store.record import OutputEntry, StageRecord
 from buildsys.store.store import Store
 
 
@@ -55,7 +56,7 @@ class LocalProcessPool:
     def provide(self, digest: str, label: str) -> bool:
         return self.store.fetch_blob(digest, label=label)  # here, or from the remote cache
 
-    def keep(self, record: dict[str, Any], measurements: tuple[str, ...],
+    def keep(self, record: StageRecord, measurements: tuple[str, ...],
              needed_here: bool) -> bool:
         # Blobs first (run put them), record last: a record never points at missing bytes.
         self.store.put_record(record["key"], record)
@@ -149,14 +150,14 @@ class LocalProcessPool:
             text = text.replace(str(scratch / relative), job.shown[name])
         return text
 
-    def _ingest(self, job: StageJob, scratch: Path) -> dict[str, dict[str, Any]]:
+    def _ingest(self, job: StageJob, scratch: Path) -> dict[str, OutputEntry]:
         out_dir = scratch / "out"
         produced = sorted(p for p in out_dir.rglob("*") if p.is_file())
         names = [p.relative_to(out_dir).as_posix() for p in produced]
         missing = [n for n in job.outputs if n not in names]
         if missing:
             raise ModelbuildError(f"{job.stage_id}: stage did not write {', '.join(missing)}")
-        outputs = {}
+        outputs: dict[str, OutputEntry] = {}
         for name, path in zip(names, produced, strict=True):
             size = path.stat().st_size
             outputs[name] = {"digest": self.store.put_blob(path), "size": size}

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from buildsys.store.record import OutputEntry, StageRecord, new_record
+
 
 @dataclass
 class StageJob:
@@ -48,7 +50,7 @@ class StageResult:
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     check_failed: bool = False
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> digest, size
+    outputs: dict[str, OutputEntry] = field(default_factory=dict)  # name -> digest, size
     log: str = ""  # the whole log; the record keeps its tail
     duration_s: float = 0.0
     worker: str | None = None  # which worker ran it (shown in progress and the report)
@@ -67,14 +69,10 @@ class StageResult:
 LOG_TAIL = 20_000
 
 
-def make_record(job: StageJob, result: StageResult) -> dict[str, Any]:
+def make_record(job: StageJob, result: StageResult) -> StageRecord:
     """The record stored under the job's key: the same wherever the stage ran."""
-    return {
-        "stage_id": job.stage_id, "kind": job.kind, "key": job.key,
-        "ingredients": job.ingredients, "outputs": result.outputs,
-        "metrics": result.metrics or {}, "duration_s": round(result.duration_s, 3),
-        "log": result.log[-LOG_TAIL:],
-    }
+    return new_record(job.stage_id, job.kind, job.key, job.ingredients, result.outputs,
+                      result.metrics or {}, result.duration_s, result.log[-LOG_TAIL:])
 
 
 class WorkerPool(Protocol):
@@ -93,7 +91,7 @@ class WorkerPool(Protocol):
 
     def run(self, job: StageJob, slot: int | None) -> StageResult: ...
 
-    def keep(self, record: dict[str, Any], measurements: tuple[str, ...],
+    def keep(self, record: StageRecord, measurements: tuple[str, ...],
              needed_here: bool) -> bool:
         """Store a finished stage's result for the coordinator (blobs first, record last);
         True when its outputs are in the coordinator's store. A pool whose stages left their

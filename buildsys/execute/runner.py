@@ -36,6 +36,7 @@ from buildsys.plan.planner import (
 )
 from buildsys.plan.status import Status
 from buildsys.stages import stage_class
+from buildsys.store.record import StageRecord
 from buildsys.store.store import Store
 
 BUILT, FAILED = Status.BUILT, Status.FAILED
@@ -50,7 +51,7 @@ class Outcome:
     status: Status  # built | cached | failed | skipped
     reason: str
     key: str | None = None
-    record: dict[str, Any] | None = None
+    record: StageRecord | None = None
     duration_s: float = 0.0
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -314,7 +315,7 @@ class Executor:
         planned.status, planned.record = RUN, None
         return None
 
-    def _unlink_stale(self, node: StageNode, record: dict[str, Any]) -> None:
+    def _unlink_stale(self, node: StageNode, record: StageRecord) -> None:
         """Outputs an older build left in the build directory for a stage whose current
         result stays on the remote: gone, so nobody mistakes them for this build's."""
         base = self.options.build_dir / node.id
@@ -322,7 +323,7 @@ class Executor:
             with contextlib.suppress(FileNotFoundError):
                 (base / name).unlink()
 
-    def _cached(self, stage_id: str, key: str | None, record: dict[str, Any] | None,
+    def _cached(self, stage_id: str, key: str | None, record: StageRecord | None,
                 reason: str) -> Outcome:
         assert key is not None and record is not None
         try:
@@ -445,7 +446,7 @@ class Executor:
         tmp.write_text(text)
         os.replace(tmp, log_path)
 
-    def _materialise(self, node: StageNode, record: dict[str, Any]) -> None:
+    def _materialise(self, node: StageNode, record: StageRecord) -> None:
         targets = [self.options.build_dir / node.id]
         if node.publish and self.options.release_dir is not None:
             targets.append(self.options.release_dir)

@@ -15,14 +15,9 @@ from buildsys.plan.node import FileRef, InputRef, OutputRef, StageNode
 from buildsys.plan.sources import module_files
 from buildsys.recipe.load import Recipe
 from buildsys.recipe.matrix import Variant
+from buildsys.recipe.model_source import SOURCE_FILE_KEYS, input_name, is_torch
+from buildsys.stages import stage_class
 
-TORCH_SOURCES = ("python", "torchscript", "exported_program", "qai_hub_models")
-SOURCE_FILE_KEYS = ("weights", "torchscript", "onnx", "exported_program")
-COMPILED_FILES = {
-    "onnx": ("model.onnx",),
-    "qnn_context_binary": ("model_ctx.onnx", "model_ctx_qnn.bin"),
-    "tflite": ("model.tflite",),
-}
 DEFAULT_PROFILE = {"host": {"warmup": 2, "runs": 10}}
 
 
@@ -31,11 +26,27 @@ class PipelineBuilder:
         self.recipe = recipe
         self.nodes: dict[str, StageNode] = {}
         self.timeouts: dict[str, float] = recipe.settings["timeouts"]
+        self.compiled: dict[Variant, str] = {}  # each variant's compile (or link) stage
 
-    def add(self, node: StageNode) -> str:
-        node.timeout = node.timeout or self.timeouts.get(node.kind)
-        self.nodes.setdefault(node.id, node)
-        return node.id
+    def add(self, stage_id: str, kind: str, params: dict[str, Any],
+            inputs: dict[str, InputRef], labels: dict[str, str] | None = None,
+            publish: bool = False) -> str:
+        """One stage node; its kind's class says which files it writes (Stage.outputs)."""
+        if stage_id not in self.nodes:
+            cls = stage_class(kind)
+            self.nodes[stage_id] = StageNode(
+                stage_id, kind, params, inputs, outputs=cls.outputs(params),
+                timeout=self.timeouts.get(kind), publish=publish, labels=labels or {},
+                measurements=cls.measurement_files)
+        return stage_id
+
+    def output(self, stage_id: str, index: int = 0) -> OutputRef:
+        """A reference to one of a planned stage's declared outputs (the first by default)."""
+        return OutputRef(stage_id, self.nodes[stage_id].outputs[index])
+
+    def all_outputs(self, stage_id: str, prefix: str) -> dict[str, InputRef]:
+        """Every declared output of a planned stage, as inputs named `<prefix>/<file>`."""
+        return {f"{prefix}/{n}": OutputRef(stage_id, n) for n in self.nodes[stage_id].outputs}
 
     # --- model sources -------------------------------------------------------------------
     def model(self, name: str) -> dict[str, Any]:
@@ -56,7 +67,7 @@ class PipelineBuilder:
         for key, value in source.items():
             if key in SOURCE_FILE_KEYS:
                 if value:
-                    inputs[f"source/{key}"] = FileRef(project / value)
+                    inputs[input_name(key)] = FileRef(project / value)
                 params[key] = bool(value)
             else:
                 params[key] = value
@@ -67,7 +78,7 @@ class PipelineBuilder:
         return params, inputs
 
     def is_torch(self, name: str) -> bool:
-        return any(k in self.model(name)["source"] for k in TORCH_SOURCES)
+        return is_torch(self.model(name)["source"])
 
     # --- shared stages ---------------------------------------------------------------------
     def dataset(self, dataset: str, split: str, model: str, count: int | None) -> str:
@@ -83,14 +94,12 @@ class PipelineBuilder:
             for path in module_files(spec["python"].partition(":")[0], project):
                 inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
         suffix = f"-{count}" if count is not None else ""
-        return self.add(StageNode(f"data/{dataset}/{split}{suffix}@{model}", "dataset", params,
-                                  inputs, outputs=("samples.npz",)))
+        return self.add(f"data/{dataset}/{split}{suffix}@{model}", "dataset", params, inputs)
 
     def export(self, model: str) -> str:
         params, inputs = self.source(model)
         params = {"source": params, "io": self.io_spec(model), "opset": self.opset(model)}
-        return self.add(StageNode(f"{model}/export", "export", params, inputs,
-                                  outputs=("model.onnx",), labels={"model": model}))
+        return self.add(f"{model}/export", "export", params, inputs, {"model": model})
 
     def capture(self, model: str) -> str | None:
         """The captured torch program (.pt2), for torch sources only."""
@@ -98,8 +107,7 @@ class PipelineBuilder:
             return None
         params, inputs = self.source(model)
         params = {"source": params, "io": self.io_spec(model)}
-        return self.add(StageNode(f"{model}/capture", "capture", params, inputs,
-                                  outputs=("model.pt2",), labels={"model": model}))
+        return self.add(f"{model}/capture", "capture", params, inputs, {"model": model})
 
     def opset(self, model: str) -> int:
         return int(self.model(model).get("opset") or self.recipe.settings["opset"])
@@ -108,13 +116,12 @@ class PipelineBuilder:
         """The fp32 ONNX every later stage starts from: optimized if the recipe asks."""
         optimize = self.model(model).get("optimize") or {}
         if not any(optimize.values()) or not self.is_torch(model):
-            return OutputRef(self.export(model), "model.onnx")
+            return self.output(self.export(model))
         params, inputs = self.source(model)
         params = {"source": params, "io": self.io_spec(model), "opset": self.opset(model),
                   "optimize": optimize}
-        stage = self.add(StageNode(f"{model}/optimize", "optimize", params, inputs,
-                                   outputs=("model.onnx",), labels={"model": model}))
-        return OutputRef(stage, "model.onnx")
+        return self.output(self.add(f"{model}/optimize", "optimize", params, inputs,
+                                    {"model": model}))
 
     def validation_dataset(self) -> str | None:
         return (self.recipe.section("validate") or {}).get("dataset")
@@ -127,18 +134,17 @@ class PipelineBuilder:
         if self.is_torch(model):
             params, inputs = self.source(model)
         else:
-            params, inputs = {}, {"model": OutputRef(self.export(model), "model.onnx")}
-        inputs["samples"] = OutputRef(samples, "samples.npz")
+            params, inputs = {}, {"model": self.output(self.export(model))}
+        inputs["samples"] = self.output(samples)
         params = {"source": params, "io": self.io_spec(model)}
-        return self.add(StageNode(f"{model}/reference", "reference", params, inputs,
-                                  outputs=("reference.npz",), labels={"model": model}))
+        return self.add(f"{model}/reference", "reference", params, inputs, {"model": model})
 
     def quantized(self, model: str, scheme_name: str) -> OutputRef:
         if scheme_name == "float":
             return self.float_onnx(model)
         scheme = self.recipe.section("quantization")[scheme_name]
         samples = self.dataset(scheme["calibration"], "calibration", model, scheme.get("samples"))
-        inputs: dict[str, InputRef] = {"calibration": OutputRef(samples, "samples.npz")}
+        inputs: dict[str, InputRef] = {"calibration": self.output(samples)}
         params: dict[str, Any] = {"scheme": {k: v for k, v in scheme.items()
                                              if k not in ("calibration", "validate")},
                                   "io": self.io_spec(model)}
@@ -150,10 +156,8 @@ class PipelineBuilder:
         else:
             inputs["model"] = self.float_onnx(model)
         kind = "aihub_quantize" if scheme["engine"] == "aihub" else "quantize"
-        stage = self.add(StageNode(f"{model}/{scheme_name}/quantize", kind, params, inputs,
-                                   outputs=("model.onnx",),
-                                   labels={"model": model, "quantization": scheme_name}))
-        return OutputRef(stage, "model.onnx")
+        return self.output(self.add(f"{model}/{scheme_name}/quantize", kind, params, inputs,
+                                    {"model": model, "quantization": scheme_name}))
 
     def compile(self, v: Variant) -> str:
         target = self.recipe.section("targets")[v.target]
@@ -164,7 +168,7 @@ class PipelineBuilder:
             return self.aihub_compile(v, target, device, labels)
         params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
                                   "precision": "float" if v.quantization == "float" else "quant"}
-        stage_id = f"{v.model}/{v.quantization}/{v.target}/compile"
+        shared_by = None  # every host device runs the same compiled model
         if runtime == "tflite":
             source_params, inputs = self.source(v.model)
             params["source"] = source_params
@@ -176,9 +180,9 @@ class PipelineBuilder:
         if runtime == "qnn_context_binary":
             params["chipset"] = device["chipset"]
             params["float"] = target.get("float", "fp16")
-            stage_id = f"{v.model}/{v.quantization}/{v.target}@{device['chipset']}/compile"
-        return self.add(StageNode(stage_id, "compile", params, inputs,
-                                  outputs=COMPILED_FILES[runtime], labels=labels))
+            shared_by = device["chipset"]
+        return self.add(v.compile_stage_id(shared_by=shared_by), "compile", params, inputs,
+                        labels)
 
     def aihub_compile(self, v: Variant, target: dict[str, Any], device: dict[str, Any],
                       labels: dict[str, str]) -> str:
@@ -187,40 +191,34 @@ class PipelineBuilder:
         params = {"runtime": "qnn_dlc" if link else target["runtime"],
                   "device": _aihub_device(device), "options": target.get("options", ""),
                   "io": self.io_spec(v.model)}
-        base = f"{v.model}/{v.quantization}/{v.target}@{v.device}"
-        compile_id = self.add(StageNode(f"{base}/compile", "aihub_compile", params,
-                                        {"model": model_ref}, labels=labels))
+        compile_id = self.add(v.compile_stage_id(shared_by=v.device), "aihub_compile", params,
+                              {"model": model_ref}, labels)
         if not link:
             return compile_id
-        return self.add(StageNode(f"{base}/link", "aihub_link",
-                                  {"device": _aihub_device(device),
-                                   "options": target.get("link_options", "")},
-                                  {"compiled": OutputRef(compile_id, "job.json")},
-                                  outputs=("job.json", "model.bin"), labels=labels))
+        return self.add(v.compile_stage_id("link", shared_by=v.device), "aihub_link",
+                        {"device": _aihub_device(device),
+                         "options": target.get("link_options", "")},
+                        {"compiled": self.output(compile_id)}, labels)
 
     # --- per device -------------------------------------------------------------------------
     def variant(self, v: Variant) -> str | None:
         self.capture(v.model)
         compile_id = self.compile(v)
-        compiled = self.nodes[compile_id]
+        self.compiled[v] = compile_id
         device = self.recipe.section("devices")[v.device]
         target = self.recipe.section("targets")[v.target]
         labels = {"model": v.model, "quantization": v.quantization, "target": v.target,
                   "device": v.device}
-        base = f"{v.model}/{v.quantization}/{v.target}/{v.device}"
-        model_inputs: dict[str, InputRef] = {f"compiled/{n}": OutputRef(compile_id, n)
-                                             for n in compiled.outputs}
+        model_inputs = self.all_outputs(compile_id, "compiled")
         if device["backend"] == "aihub":
-            model_inputs = {"compiled": OutputRef(compile_id, "job.json")}
+            model_inputs = {"compiled": self.output(compile_id)}  # the job.json
         run_params = {"runtime": target["runtime"], "backend": device["backend"],
                       "chipset": device.get("chipset"), "io": self.io_spec(v.model)}
         profile_id = None
         if device["backend"] == "host":
             profile = {**DEFAULT_PROFILE["host"], **(device.get("profile") or {})}
-            profile_id = self.add(StageNode(f"{base}/profile", "profile",
-                                            {**run_params, **profile}, dict(model_inputs),
-                                            outputs=("profile.json",), labels=labels,
-                                            measurements=("profile.json",)))
+            profile_id = self.add(v.stage_id("profile"), "profile", {**run_params, **profile},
+                                  dict(model_inputs), labels)
         reference = self.reference(v.model)
         if reference is None:
             return profile_id
@@ -233,25 +231,19 @@ class PipelineBuilder:
             # XNNPACK's kernels round differently per CPU; LiteRT's reference kernels are the
             # same bytes on every CPU (validation is about numbers; profile measures speed).
             infer_params = {**run_params, "kernels": "reference"}
-        infer_id = self.add(StageNode(
-            f"{base}/infer", infer_kind, infer_params,
-            {**model_inputs, "samples": OutputRef(samples, "samples.npz")},
-            outputs=("outputs.npz", "infer.json"), labels=labels,
-            measurements=("infer.json",)))
+        infer_id = self.add(v.stage_id("infer"), infer_kind, infer_params,
+                            {**model_inputs, "samples": self.output(samples)}, labels)
         validate_params = {"thresholds": v.thresholds(), "task": self.model(v.model).get(
             "task", "other"), "outputs": self.io_spec(v.model)["outputs"]}
-        validate_id = self.add(StageNode(
-            f"{base}/validate", "validate", validate_params,
-            {"reference": OutputRef(reference, "reference.npz"),
-             "outputs": OutputRef(infer_id, "outputs.npz")},
-            outputs=("validation.json",), labels=labels))
+        validate_id = self.add(v.stage_id("validate"), "validate", validate_params,
+                               {"reference": self.output(reference),
+                                "outputs": self.output(infer_id)}, labels)
         if not v.package or device["backend"] == "aihub":
             return validate_id
         return self.package(v, compile_id, validate_id, labels)
 
     def package(self, v: Variant, compile_id: str, validate_id: str,
                 labels: dict[str, str]) -> str:
-        compiled = self.nodes[compile_id]
         variant_spec = {
             "recipe": self.recipe.name,
             "model": {v.model: self.model(v.model)},
@@ -272,48 +264,32 @@ class PipelineBuilder:
                                   else "trained weights from the recipe's source",
                   "io": self.io_spec(v.model), "archive": archive,
                   "runtime": self.recipe.section("targets")[v.target]["runtime"]}
-        inputs: dict[str, InputRef] = {f"model/{n}": OutputRef(compile_id, n)
-                                       for n in compiled.outputs}
-        inputs["validation"] = OutputRef(validate_id, "validation.json")
-        return self.add(StageNode(
-            f"{v.model}/{v.quantization}/{v.target}/{v.device}/package", "package", params,
-            inputs, outputs=(archive,), publish=True,
-            labels=labels))
+        inputs = {**self.all_outputs(compile_id, "model"), "validation": self.output(validate_id)}
+        return self.add(v.stage_id("package"), "package", params, inputs, labels, publish=True)
 
-    def release(self, finals: list[tuple[Variant, str | None]]) -> None:
+    def release(self, finals: list[Variant]) -> None:
+        """One index over every variant: its package and figures, and its compiled model."""
         entries = []
         inputs: dict[str, InputRef] = {}
-        for v, _ in finals:
-            base = f"{v.model}/{v.quantization}/{v.target}/{v.device}"
-            entry: dict[str, Any] = {"id": base, "model": v.model, "quantization": v.quantization,
+        for v in finals:
+            entry: dict[str, Any] = {"id": v.id, "model": v.model, "quantization": v.quantization,
                                      "target": v.target, "device": v.device}
-            for kind, name in (("package", None), ("profile", "profile.json"),
-                               ("infer", "infer.json"), ("validate", "validation.json")):
-                stage_id = f"{base}/{kind}"
+            for kind in ("package", "profile", "infer", "validate"):
+                stage_id = v.stage_id(kind)
                 if stage_id in self.nodes:
-                    output = name or self.nodes[stage_id].outputs[0]
-                    inputs[f"{base}/{kind}"] = OutputRef(stage_id, output)
+                    node = self.nodes[stage_id]
+                    # The figures a stage measured, else its one product (the archive).
+                    output = (node.measurements or node.outputs)[0]
+                    inputs[stage_id] = OutputRef(stage_id, output)
                     entry[kind] = output
-            compile_id = self._compile_of(v)
-            for n in self.nodes[compile_id].outputs:
-                inputs[f"{base}/compiled/{n}"] = OutputRef(compile_id, n)
+            compile_id = self.compiled[v]
+            inputs.update(self.all_outputs(compile_id, f"{v.id}/compiled"))
             entry["compiled"] = list(self.nodes[compile_id].outputs)
             entries.append(entry)
         if not entries:
             return
         params = {"recipe": self.recipe.name, "variants": entries}
-        self.add(StageNode("release/index", "release", params, inputs,
-                           outputs=("index.json", "README.md"),
-                           measurements=("index.json", "README.md"),
-                           publish=True))
-
-    def _compile_of(self, v: Variant) -> str:
-        device = self.recipe.section("devices")[v.device]
-        if device["backend"] == "aihub":
-            return f"{v.model}/{v.quantization}/{v.target}@{v.device}/compile"
-        if self.recipe.section("targets")[v.target]["runtime"] == "qnn_context_binary":
-            return f"{v.model}/{v.quantization}/{v.target}@{device['chipset']}/compile"
-        return f"{v.model}/{v.quantization}/{v.target}/compile"
+        self.add("release/index", "release", params, inputs, publish=True)
 
 
 def _aihub_device(device: dict[str, Any]) -> dict[str, Any]:
@@ -332,6 +308,6 @@ def _code_name(path: Path, project: Path) -> str:
 def pipeline_nodes(recipe: Recipe) -> list[StageNode]:
     builder = PipelineBuilder(recipe)
     finals = [(v, builder.variant(v)) for v in recipe.variants]
-    builder.release([(v, s) for v, s in finals if s is not None and
+    builder.release([v for v, last in finals if last is not None and
                      recipe.section("devices")[v.device]["backend"] != "aihub"])
     return list(builder.nodes.values())

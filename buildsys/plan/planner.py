@@ -23,6 +23,7 @@ from buildsys.plan.graph import matches, topological_order
 from buildsys.plan.keys import explain_change, ingredients, stage_key
 from buildsys.plan.node import FileRef, StageNode
 from buildsys.plan.status import Status
+from buildsys.store.record import StageRecord
 from buildsys.store.store import Store
 
 CACHED, RUN, SKIPPED, FAILED = Status.CACHED, Status.RUN, Status.SKIPPED, Status.FAILED
@@ -41,7 +42,7 @@ class PlannedStage:
     reason: str
     key: str | None = None
     ingredients: dict[str, Any] | None = None
-    record: dict[str, Any] | None = None
+    record: StageRecord | None = None
     forced: bool = False
 
 
@@ -62,7 +63,7 @@ def file_digests(node: StageNode, store: Store) -> dict[str, str]:
 
 
 def resolve_input_digests(node: StageNode, store: Store,
-                          records: dict[str, dict[str, Any]]) -> dict[str, str] | None:
+                          records: dict[str, StageRecord]) -> dict[str, str] | None:
     """Digest of every input, or None if an upstream stage has no record yet."""
     digests = file_digests(node, store)
     for name, ref in node.inputs.items():
@@ -78,7 +79,7 @@ def resolve_input_digests(node: StageNode, store: Store,
     return digests
 
 
-def upstream_keys(node: StageNode, records: dict[str, dict[str, Any]]) -> dict[str, str]:
+def upstream_keys(node: StageNode, records: dict[str, StageRecord]) -> dict[str, str]:
     return {s: records[s]["key"] for s in sorted(node.upstream()) if s in records}
 
 
@@ -127,7 +128,7 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
     remote = remote or {}
     hit_reason = "remote hit" if store.remote_in_use() else \
         "result from the remote cache, remembered here (no remote in use)"
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, StageRecord] = {}
     blocked = blocked or {}
     failing = {**{s: r for s, r in blocked.items() if isinstance(r, PlanFailure)},
                **(failing or {})}

@@ -23,6 +23,16 @@ class Variant:
     def id(self) -> str:
         return f"{self.model}/{self.quantization}/{self.target}/{self.device}"
 
+    def stage_id(self, kind: str) -> str:
+        """The id of this variant's own stage of `kind` (infer, profile, validate, package)."""
+        return f"{self.id}/{kind}"
+
+    def compile_stage_id(self, kind: str = "compile", shared_by: str | None = None) -> str:
+        """A compile (or link) is shared by every device it serves: by all host devices, by the
+        devices of one chipset (`shared_by` names it), or made for one AI Hub device."""
+        target = f"{self.target}@{shared_by}" if shared_by else self.target
+        return f"{self.model}/{self.quantization}/{target}/{kind}"
+
     def thresholds(self) -> dict[str, Any]:
         return dict(self.validate)
 

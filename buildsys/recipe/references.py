@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from buildsys.recipe.matrix import AXES, as_list, excluded
+from buildsys.recipe.model_source import source_files
 from buildsys.recipe.yaml_source import YamlDocument, format_path
 
 SECTION_OF_AXIS = {
@@ -182,9 +183,8 @@ class _Checker:
     def check_files(self, data: dict[str, Any]) -> None:
         for name, model in (data.get("models") or {}).items():
             source = model["source"]
-            for key in ("weights", "torchscript", "onnx", "exported_program"):
-                if source.get(key):
-                    self._file_exists(("models", name, "source", key), source[key])
+            for key, path in source_files(source).items():
+                self._file_exists(("models", name, "source", key), path)
         for name, dataset in (data.get("datasets") or {}).items():
             if "images" in dataset:
                 pattern = str(self.project_dir / dataset["images"])

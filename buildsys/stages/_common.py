@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.numerics import ORT_KERNELS
+from buildsys.recipe.model_source import SOURCE_FILE_KEYS, input_name
 from buildsys.stages.base import Stage, StageContext
 
 PYTHON_TOOLS = ("python", "numpy")
@@ -42,9 +43,9 @@ def read_json(path: Path) -> Any:
 def source_spec(ctx: StageContext) -> dict[str, Any]:
     """The recipe's model source with file flags replaced by this worker's input paths."""
     source = dict(ctx.params["source"])
-    for key in ("weights", "torchscript", "onnx", "exported_program"):
+    for key in SOURCE_FILE_KEYS:
         if source.get(key):
-            source[key] = str(ctx.input(f"source/{key}"))
+            source[key] = str(ctx.input(input_name(key)))
         else:
             source.pop(key, None)
     return source

@@ -247,6 +247,7 @@ def _samples_by_input(samples: list[dict[str, Any]], io: dict[str, Any],
 class AIHubCompileStage(AIHubStage):
     kind: ClassVar[str] = "aihub_compile"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("job.json",)
 
     def _run(self, ctx: StageContext) -> dict[str, Any]:
         client = new_client()
@@ -281,6 +282,7 @@ class AIHubLinkStage(AIHubStage):
 
     kind: ClassVar[str] = "aihub_link"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("job.json", "model.bin")
 
     def _run(self, ctx: StageContext) -> dict[str, Any]:
         from buildsys.backends.aihub import DeviceInfo
@@ -350,6 +352,7 @@ def _place_outputs(produced: Path, out_dir: Path) -> list[str]:
 class AIHubQuantizeStage(AIHubStage):
     kind: ClassVar[str] = "aihub_quantize"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("model.onnx",)
 
     def _run(self, ctx: StageContext) -> dict[str, Any]:
         scheme = ctx.params["scheme"]
@@ -392,6 +395,8 @@ def _single_onnx(produced: Path, job_id: str) -> Path:
 class AIHubInferStage(AIHubStage):
     kind: ClassVar[str] = "aihub_infer"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("outputs.npz", "infer.json")
+    measurement_files: ClassVar[tuple[str, ...]] = ("infer.json",)
 
     def _run(self, ctx: StageContext) -> dict[str, Any]:
         from buildsys.backends.aihub import DeviceInfo

@@ -105,6 +105,17 @@ class Stage:
     # The stage mostly waits on a remote service (AI Hub): it runs outside the local -j
     # budget, so all independent remote jobs are submitted at once and awaited together.
     remote: ClassVar[bool] = False
+    # The files every stage of this kind writes (more may be written); `outputs` may vary them
+    # by parameters. Downstream stages and the planner name them through the stage class only.
+    output_files: ClassVar[tuple[str, ...]] = ()
+    # Outputs that are measurements (timings): recorded, not part of the lock's
+    # reproducibility check, since no two runs time the same.
+    measurement_files: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """The files a stage of this kind with these parameters promises to write."""
+        return cls.output_files
 
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:

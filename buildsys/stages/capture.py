@@ -16,6 +16,7 @@ class CaptureStage(Stage):
     kind: ClassVar[str] = "capture"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"2+{NUMERICS}"
+    output_files: ClassVar[tuple[str, ...]] = ("model.pt2",)
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, "torch")
     max_threads: ClassVar[int] = 2
 

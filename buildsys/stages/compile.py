@@ -16,6 +16,15 @@ class CompileStage(RuntimeStage):
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"5+{NUMERICS}"
 
+    @classmethod
+    def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        runtime = params["runtime"]
+        if runtime == "onnx":
+            return ("model.onnx", "model.ort") if params.get("ort_format") else ("model.onnx",)
+        if runtime == "qnn_context_binary":
+            return ("model_ctx.onnx", "model_ctx_qnn.bin")
+        return ("model.tflite",)
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         runtime = ctx.params["runtime"]
         if runtime == "onnx":

@@ -13,6 +13,7 @@ class DatasetStage(Stage):
     kind: ClassVar[str] = "dataset"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"2+{NUMERICS}"
+    output_files: ClassVar[tuple[str, ...]] = ("samples.npz",)
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, "pillow")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:

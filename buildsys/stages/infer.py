@@ -25,6 +25,8 @@ WHERE = {
 class InferStage(RuntimeStage):
     kind: ClassVar[str] = "infer"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("outputs.npz", "infer.json")
+    measurement_files: ClassVar[tuple[str, ...]] = ("infer.json",)
 
     @classmethod
     def resources(cls, params: dict[str, Any]) -> dict[str, float]:

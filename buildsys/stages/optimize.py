@@ -14,6 +14,7 @@ class OptimizeStage(Stage):
     kind: ClassVar[str] = "optimize"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"2+{NUMERICS}"
+    output_files: ClassVar[tuple[str, ...]] = ("model.onnx",)
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, "torch", "onnx", "aimet-torch")
     max_threads: ClassVar[int] = 2
 

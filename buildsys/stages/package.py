@@ -44,6 +44,10 @@ class PackageStage(Stage):
     wants_upstream_keys: ClassVar[bool] = True
 
     @classmethod
+    def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        return (params["archive"],)
+
+    @classmethod
     def requirements(cls, params: dict[str, Any]) -> tuple[str, ...]:
         return ()  # the toolchains' versions go into the manifest; packaging imports none
 

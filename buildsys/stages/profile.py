@@ -17,6 +17,8 @@ from buildsys.stages.base import StageContext
 class ProfileStage(RuntimeStage):
     kind: ClassVar[str] = "profile"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("profile.json",)
+    measurement_files: ClassVar[tuple[str, ...]] = ("profile.json",)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         import numpy as np

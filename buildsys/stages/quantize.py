@@ -22,6 +22,7 @@ class QuantizeStage(Stage):
     kind: ClassVar[str] = "quantize"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"3+{NUMERICS}"
+    output_files: ClassVar[tuple[str, ...]] = ("model.onnx",)
     max_threads: ClassVar[int] = 2
 
     @classmethod

@@ -19,6 +19,7 @@ class ReferenceStage(Stage):
     kind: ClassVar[str] = "reference"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"2+{NUMERICS}"
+    output_files: ClassVar[tuple[str, ...]] = ("reference.npz",)
     max_threads: ClassVar[int] = 2
 
     @classmethod

@@ -18,6 +18,8 @@ from buildsys.stages.base import Stage, StageContext
 class ReleaseIndexStage(Stage):
     kind: ClassVar[str] = "release"
     version: ClassVar[str] = "1"
+    output_files: ClassVar[tuple[str, ...]] = ("index.json", "README.md")
+    measurement_files: ClassVar[tuple[str, ...]] = ("index.json", "README.md")
     tools: ClassVar[tuple[str, ...]] = PYTHON_TOOLS
 
     @classmethod

@@ -59,6 +59,7 @@ class ValidateStage(Stage):
     kind: ClassVar[str] = "validate"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"2+{NUMERICS}"
+    output_files: ClassVar[tuple[str, ...]] = ("validation.json",)
     tools: ClassVar[tuple[str, ...]] = PYTHON_TOOLS
 
     def run(self, ctx: StageContext) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 import threading
 import warnings
@@ -21,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import StoreError
+from buildsys.store.record import StageRecord, record_problem
 
 RECORD = "ac:"
 LAST_KEY = "last:"
 STAT = "stat:"
 SEEN_REMOTE = "seen-remote:"
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 # Errors that say nothing about the file's contents: the disk, locks, permissions, memory.
@@ -72,18 +71,6 @@ def _unseal(raw: Any) -> tuple[str, Any]:
         return INTACT, json.loads(body)
     except (AttributeError, TypeError, ValueError):
         return DAMAGED, None
-
-
-def valid_record(record: Any, stage_key: str) -> bool:
-    """The shape every reader relies on: the key it was stored under, outputs with digests."""
-    if not isinstance(record, dict) or record.get("key") != stage_key:
-        return False
-    outputs = record.get("outputs")
-    return isinstance(outputs, dict) and all(
-        isinstance(name, str) and isinstance(o, dict) and isinstance(o.get("digest"), str)
-        and _DIGEST.fullmatch(o["digest"]) is not None
-        and isinstance(o.get("size"), int) and o["size"] >= 0
-        for name, o in outputs.items())
 
 
 class Index:
@@ -188,21 +175,21 @@ class Index:
             raise StoreError(f"cannot write to the cache index {self.path}: {exc}") from exc
 
     # stage records
-    def get_record(self, stage_key: str) -> dict[str, Any] | None:
+    def get_record(self, stage_key: str) -> StageRecord | None:
         record = self._get(RECORD + stage_key)
-        if record is None or valid_record(record, stage_key):
+        if record is None or record_problem(record, stage_key) is None:
             return record
         warnings.warn(f"cache index record {stage_key[:12]} is not a valid record; ignoring it",
                       stacklevel=2)
         return None
 
-    def put_record(self, stage_key: str, record: dict[str, Any]) -> None:
+    def put_record(self, stage_key: str, record: StageRecord) -> None:
         self._set(RECORD + stage_key, record)
 
     def delete_record(self, stage_key: str) -> None:
         self._delete(RECORD + stage_key)
 
-    def records(self) -> dict[str, dict[str, Any]]:
+    def records(self) -> dict[str, StageRecord]:
         out = {}
         for key in self._keys():
             if key.startswith(RECORD):
@@ -244,8 +231,8 @@ class Index:
             except (sqlite3.Error, OSError, ValueError):
                 raw = None
             state, value = _unseal(raw) if raw is not None else (DAMAGED, None)
-            if state == INTACT and key.startswith(RECORD) and not valid_record(
-                    value, key[len(RECORD):]):
+            if state == INTACT and key.startswith(RECORD) and record_problem(
+                    value, key[len(RECORD):]) is not None:
                 state = DAMAGED
             if state != INTACT:
                 self._delete(key)  # a legacy entry is dropped quietly: it was not damage
@@ -264,7 +251,7 @@ class Index:
     def get_seen_remote(self, stage_key: str) -> Any:
         return self._get(SEEN_REMOTE + stage_key)
 
-    def set_seen_remote(self, stage_key: str, record: dict[str, Any]) -> None:
+    def set_seen_remote(self, stage_key: str, record: StageRecord) -> None:
         self._set(SEEN_REMOTE + stage_key, record)
 
     def forget_seen_remote_key(self, stage_key: str) -> None:

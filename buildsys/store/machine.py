@@ -18,9 +18,9 @@ migrate); what keeps them local is that the remote tier is only ever given recor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from buildsys.store.index import Index
+from buildsys.store.record import StageRecord, record_problem
 
 
 class MachineState:
@@ -35,14 +35,12 @@ class MachineState:
         if self.index.get_last_key(stage_id) != stage_key:  # reads are cheaper than writes
             self.index.set_last_key(stage_id, stage_key)
 
-    def seen_remote(self, stage_key: str) -> dict[str, Any] | None:
-        from buildsys.store.remote import record_problem
-
+    def seen_remote(self, stage_key: str) -> StageRecord | None:
         record = self.index.get_seen_remote(stage_key)
         return record if record is not None and record_problem(record, stage_key) is None \
             else None
 
-    def remember_remote(self, stage_key: str, record: dict[str, Any]) -> None:
+    def remember_remote(self, stage_key: str, record: StageRecord) -> None:
         if self.index.get_seen_remote(stage_key) is None:
             self.index.set_seen_remote(stage_key, record)
 

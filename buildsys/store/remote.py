@@ -26,10 +26,11 @@ import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from buildsys.errors import StoreError
+from buildsys.store.record import FIELD_TYPES, StageRecord, record_problem
 from buildsys.store.remote_url import RemoteLocation, open_location, redact
 
 AC_VERSION = "1"  # bump when the record format changes: old records are then simply misses
@@ -39,10 +40,6 @@ MAX_RECORD_BYTES = 4 << 20
 METADATA_REQUESTS = 32  # HEADs and record GETs in flight at once
 TRANSFERS = 4  # blob bodies in flight at once
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "stage_id": str, "kind": str, "key": str, "ingredients": dict, "outputs": dict,
-    "metrics": dict, "duration_s": (int, float), "log": str}
-_REQUIRED_FIELDS = ("stage_id", "kind", "key", "ingredients", "outputs")
 CREATED, SAME, DIFFERENT = "created", "same", "different"
 
 
@@ -64,42 +61,6 @@ class TransferStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
-
-
-def record_problem(record: Any, stage_key: str) -> str | None:
-    """Why a record from the remote cannot be used, or None when it has a record's shape."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    unexpected = sorted(set(record) - set(_RECORD_FIELDS))
-    if unexpected:
-        return f"unexpected field(s) {', '.join(unexpected[:5])}"
-    missing = [f for f in _REQUIRED_FIELDS if f not in record]
-    if missing:
-        return f"missing field(s) {', '.join(missing)}"
-    for name, kind in _RECORD_FIELDS.items():
-        if name in record and (not isinstance(record[name], kind)
-                               or isinstance(record[name], bool)):
-            return f"field {name} has the wrong type"
-    if record["key"] != stage_key:
-        return "stored under another stage key"
-    for name, output in record["outputs"].items():
-        if not _plain_relative_name(name):
-            return f"output name {name[:80]!r} is not a plain relative path"
-        if not (isinstance(output, dict) and set(output) == {"digest", "size"}):
-            return f"output {name!r} names more than a digest and a size"
-        if not (isinstance(output["digest"], str) and _HEX64.fullmatch(output["digest"])):
-            return f"output {name!r} has no valid sha256 digest"
-        if not (isinstance(output["size"], int) and not isinstance(output["size"], bool)
-                and output["size"] >= 0):
-            return f"output {name!r} has no valid size"
-    return None
-
-
-def _plain_relative_name(name: str) -> bool:
-    if not name or len(name) > 300 or "\\" in name or "\0" in name:
-        return False
-    path = PurePosixPath(name)
-    return not path.is_absolute() and all(p not in ("", ".", "..") for p in name.split("/"))
 
 
 def _short(exc: BaseException) -> str:
@@ -327,7 +288,7 @@ class RemoteTier:
             raise StoreError(f"not a stage key: {stage_key!r}")
         return f"ac/{AC_VERSION}/{stage_key}"
 
-    def get_record(self, stage_key: str) -> dict[str, Any] | None:
+    def get_record(self, stage_key: str) -> StageRecord | None:
         import obstore
 
         def fetch() -> bytes | None:
@@ -353,12 +314,12 @@ class RemoteTier:
             self.stats.records_found += 1
         return record
 
-    def get_records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    def get_records(self, keys: Iterable[str]) -> dict[str, StageRecord]:
         """Records found, by key: looked up concurrently."""
         found = self._pool.map(lambda k: (k, self.get_record(k)), list(keys))
         return {key: record for key, record in found if record is not None}
 
-    def put_record(self, stage_key: str, record: dict[str, Any],
+    def put_record(self, stage_key: str, record: StageRecord,
                    ignore: Iterable[str] = ()) -> str | None:
         """Create-only. CREATED; SAME when a record with the same output digests was there
         (outputs named in `ignore`, measurements, may differ); DIFFERENT names the outputs
@@ -368,7 +329,7 @@ class RemoteTier:
 
         if not self.writable or self.failure is not None:
             return None
-        body = json.dumps({k: v for k, v in record.items() if k in _RECORD_FIELDS},
+        body = json.dumps({k: v for k, v in record.items() if k in FIELD_TYPES},
                           sort_keys=True).encode()
         with self._lock:
             self.stats.requests += 1

@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from buildsys.errors import StoreError
 from buildsys.store.blobs import BlobStore, owner_is_dead, owner_tag
 from buildsys.store.index import Index
 from buildsys.store.machine import MachineState
+from buildsys.store.record import StageRecord
 from buildsys.store.statcache import StatCache
 
 if TYPE_CHECKING:
@@ -93,10 +94,10 @@ class Store:
             return None
 
     # records
-    def get_record(self, stage_key: str) -> dict[str, Any] | None:
+    def get_record(self, stage_key: str) -> StageRecord | None:
         return self.index.get_record(stage_key)
 
-    def put_record(self, stage_key: str, record: dict[str, Any]) -> None:
+    def put_record(self, stage_key: str, record: StageRecord) -> None:
         """Callers put every output blob first: a record never points at a missing blob."""
         self.index.put_record(stage_key, record)
 
@@ -112,7 +113,7 @@ class Store:
             return False
         return not self.stats.changed(self.blobs.path_of(digest), digest)
 
-    def damaged_outputs(self, record: dict[str, Any]) -> list[str]:
+    def damaged_outputs(self, record: StageRecord) -> list[str]:
         """Names of the record's outputs whose blobs are missing or corrupt."""
         return [name for name, o in record["outputs"].items()
                 if not self.blob_ok(o["digest"], o["size"])]
@@ -148,7 +149,7 @@ class Store:
     def remote_in_use(self) -> bool:
         return self.remote is not None and self.remote.available
 
-    def find_remote_records(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    def find_remote_records(self, keys: Iterable[str]) -> dict[str, StageRecord]:
         """Records the remote holds for these keys (looked up concurrently, in one batch)
         whose every blob exists, here or on the remote: a record whose blob is gone is a miss.
         Records it answered before come from this machine's memory, without a request."""
@@ -166,7 +167,7 @@ class Store:
         return {**seen, **found}
 
     def _blobs_present(self, remote: RemoteTier,
-                       records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+                       records: dict[str, StageRecord]) -> dict[str, StageRecord]:
         wanted = {o["digest"]: o["size"] for r in records.values()
                   for o in r["outputs"].values() if not self.blobs.has(o["digest"], o["size"])}
         present = remote.has_blobs(wanted) if wanted else set()
@@ -205,7 +206,7 @@ class Store:
         self.stats.vouch(self.blobs.path_of(digest), digest)  # hashed as it arrived
         return True
 
-    def fetch(self, record: dict[str, Any]) -> bool:
+    def fetch(self, record: StageRecord) -> bool:
         """Download the record's blobs that are not here (verified as they stream), then
         keep the record: blobs first, record last. False when any blob could not be had."""
         outputs = list(record["outputs"].items())
@@ -219,7 +220,7 @@ class Store:
             self.put_record(record["key"], record)
         return ok
 
-    def push(self, stage_key: str, record: dict[str, Any],
+    def push(self, stage_key: str, record: StageRecord,
              measurements: Iterable[str] = ()) -> None:
         """Upload a record's blobs, then the record (create-only), in the background."""
         if self.remote is None or not self.remote.writable or not self.remote.available:
@@ -232,7 +233,7 @@ class Store:
             self._uploads.append(self._uploader.submit(
                 self._upload, stage_key, record, tuple(measurements)))
 
-    def _upload(self, stage_key: str, record: dict[str, Any],
+    def _upload(self, stage_key: str, record: StageRecord,
                 measurements: tuple[str, ...]) -> None:
         from buildsys.store.remote import DIFFERENT
 

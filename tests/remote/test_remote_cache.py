@@ -413,7 +413,7 @@ def test_bad_remote_urls_are_usage_errors(tmp_path: Path) -> None:
 
 
 def test_record_shape_checks() -> None:
-    from buildsys.store.remote import record_problem
+    from buildsys.store.record import record_problem
 
     key = "a" * 64
     good = {"stage_id": "steps/x", "kind": "command", "key": key, "ingredients": {},
