@@ -6,13 +6,19 @@ Only cheap modules are imported here: a no-op rebuild must not import torch or o
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildsys.errors import Interrupted, ModelbuildError, RecipeError, UsageError
+
+if TYPE_CHECKING:
+    from buildsys.plan.plan_cache import PlanCache
 
 SUBCOMMANDS = {"validate", "graph", "cache", "devices", "report"}
 
@@ -110,6 +116,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    plan_cache = _noop_stamp(args)
+    if plan_cache is not None:
+        answer = plan_cache.answer()
+        if answer is not None:  # nothing the plan read has changed: nothing to do
+            if not args.quiet:
+                if answer.get("devices"):
+                    print(answer["devices"], file=sys.stderr)
+                print(f"{answer['summary']} in {time.monotonic() - started:.1f} s",
+                      file=sys.stderr)
+            return 0
+        if os.environ.get("MODELBUILD_EXPLAIN_NOOP"):
+            print(f"plan cache: planning fully: {plan_cache.miss}", file=sys.stderr)
+
     from buildsys.build import BuildOptions, attach_remote, open_store, plan_build, run_build
     from buildsys.recipe.load import load_recipe
 
@@ -121,6 +141,7 @@ def _build(args: argparse.Namespace) -> int:
         no_remote=args.no_remote, remote_read_only=args.remote_read_only,
         remote_required=args.remote_required, summary=args.summary,
         run_under=shlex.split(args.run_under) if args.run_under else [],
+        plan_cache=plan_cache,
     )
     if args.jobs < 0:
         raise UsageError("--jobs must be ≥ 1")
@@ -143,3 +164,17 @@ def _build(args: argparse.Namespace) -> int:
             print(render.plan_json(plan) if args.json else render.plan_table(plan))
         return 0
     return run_build(recipe, options)
+
+
+def _noop_stamp(args: argparse.Namespace) -> PlanCache | None:
+    """The plan cache for a plain build; None when an option needs the full plan (it
+    compares, forces, reports, prints every stage, or talks to a remote cache)."""
+    if args.plan or args.explain or args.check or args.force or args.report or args.summary \
+            or args.verbose or args.run_under or args.remote_required or args.jobs < 0:
+        return None
+    if not args.no_remote and (args.remote or os.environ.get("MODELBUILD_REMOTE", "").strip()):
+        return None
+    from buildsys.plan.plan_cache import PlanCache, cli_options
+
+    return PlanCache(args.recipe, cli_options(args.patterns, args.group, args.offline,
+                                              args.cache_dir))
