@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys.errors import Interrupted, ModelbuildError, StoreError
+from buildsys.execute import zygote
 from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
 from buildsys.plan.keys import ingredients, stage_key
 from buildsys.plan.node import FileRef, OutputRef, StageNode
@@ -121,6 +122,10 @@ class Executor:
         # process (and its working directory), so there they run one at a time like the rest.
         self._remote = set() if options.inline else {
             s for s in plan.order if stage_class(plan.stages[s].node.kind).remote}
+        # Warm workers (execute/zygote.py): started when the first stage runs.
+        self._zygotes = None if options.inline or options.run_under or not zygote.enabled() \
+            else zygote.ZygotePool((p.node.kind, p.node.params) for p in plan.stages.values()
+                                   if p.status == RUN)
 
     # --- scheduling -------------------------------------------------------------------------
     def run(self) -> dict[str, Outcome]:
@@ -472,6 +477,17 @@ class Executor:
     def _spawn(self, stage_id: str, scratch: Path, timeout: float | None) -> tuple[int, bool]:
         if self.options.inline:
             return _run_inline(scratch), False
+        if self._zygotes is not None:  # a child forked from a warm zygote
+            def started(pid: int) -> None:
+                with self._lock:
+                    self._processes[stage_id] = zygote.ChildProcess(pid)  # type: ignore[assignment]
+            try:
+                return self._zygotes.run(scratch, scratch / "log.txt", timeout, started)
+            except zygote.ZygoteGone:
+                pass  # no zygote can take it: a fresh interpreter, as below
+            finally:
+                with self._lock:
+                    self._processes.pop(stage_id, None)
         # The worker watches for this pid: it ends (with its commands) if we are killed.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", COORDINATOR_ENV: str(os.getpid())}
         with open(scratch / "log.txt", "wb") as log:
