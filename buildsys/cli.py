@@ -172,6 +172,8 @@ def _noop_stamp(args: argparse.Namespace) -> PlanCache | None:
     if args.plan or args.explain or args.check or args.force or args.report or args.summary \
             or args.verbose or args.run_under or args.remote_required or args.jobs < 0:
         return None
+    if os.environ.get("MODELBUILD_PLAN_CACHE", "").strip() == "0":  # always plan fully
+        return None
     if not args.no_remote and (args.remote or os.environ.get("MODELBUILD_REMOTE", "").strip()):
         return None
     from buildsys.plan.plan_cache import PlanCache, cli_options

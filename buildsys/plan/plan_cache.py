@@ -43,7 +43,8 @@ EXPLAIN_ENV = "MODELBUILD_EXPLAIN_NOOP"
 STAMP_DIR = "plan-cache"  # under the store's root
 ENV_PREFIX = "MODELBUILD_"
 # Set by the runner for its workers, not a user's choice.
-_IGNORED_ENV = {"MODELBUILD_COORDINATOR_PID", "MODELBUILD_THREADS", EXPLAIN_ENV}
+_IGNORED_ENV = {"MODELBUILD_COORDINATOR_PID", "MODELBUILD_THREADS", EXPLAIN_ENV,
+                "MODELBUILD_ZYGOTE", "MODELBUILD_PLAN_CACHE"}
 _PACKAGE = Path(__file__).resolve().parents[1]  # buildsys/
 
 
