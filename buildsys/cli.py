@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
                "cache info|verify|gc|push | devices | report RECIPE",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("patterns", nargs="*", help="build only matching stages (glob over "
                         "stage ids, e.g. 'ffnet_40s/w8a8/*') and what they need")
@@ -71,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version, with the version read only when asked (reading distribution metadata costs
+    a no-op build more than the rest of its answer)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.exit(message=f"{parser.prog} {_version()}\n")
 
 
 def _version() -> str:

@@ -244,7 +244,21 @@ def save_after_build(cache: PlanCache, recipe: Any, plan: Any, store: Any,
                      outcomes: Mapping[str, Any]) -> bool:
     """Stamp a build whose every stage ended up to date (built or cached), so the next run
     with nothing changed is answered without planning. A build with a failed or skipped
-    stage, or anything the stamp cannot describe, gets no stamp."""
+    stage, or anything the stamp cannot describe, gets no stamp; a stamp that cannot be
+    made never fails the build (the next run plans fully)."""
+    try:
+        return _save_after_build(cache, recipe, plan, store, outcomes)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        import warnings
+
+        warnings.warn(f"no plan-cache stamp ({type(exc).__name__}: {exc}); the next run "
+                      f"plans fully", stacklevel=2)
+        cache.discard()
+        return False
+
+
+def _save_after_build(cache: PlanCache, recipe: Any, plan: Any, store: Any,
+                      outcomes: Mapping[str, Any]) -> bool:
     from buildsys.execute.report import device_summary
     from buildsys.plan.node import FileRef
     from buildsys.plan.status import OUTCOMES, Status
