@@ -43,7 +43,7 @@ def test_absent_classes_do_not_count_and_predictions_are_resized_to_the_mask() -
 
 
 def test_class_count_must_match_the_logits() -> None:
-    with pytest.raises(StageError, match="3 class scores per pixel but .* classes: 5"):
+    with pytest.raises(StageError, match=r"3 class scores per pixel but .* classes: 5"):
         segmentation_metrics([one_hot_logits(np.zeros((2, 2), int), 3)],
                              [np.zeros((2, 2), int)], 5, 255)
 
@@ -93,7 +93,7 @@ def test_masks_are_matched_to_images_by_name(tmp_path: Path) -> None:
     # the images' order (a, b, c): validation is b, c; resized 2×2 → 4×4 by nearest
     assert [int(m[0, 0]) for m in masks] == [2, 3] and masks[0].shape == (4, 4)
     (tmp_path / "masks" / "c.png").unlink()
-    with pytest.raises(StageError, match="no mask named like image c.jpg"):
+    with pytest.raises(StageError, match=r"no mask named like image c\.jpg"):
         label_files(spec, tmp_path)
 
 
@@ -113,5 +113,5 @@ def test_class_id_files_in_order_or_by_name(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("1\n9\n")
     spec = {"npy": "x.npy", "labels": {"file": "bad.txt", "classes": 4}, "calibration": 0}
-    with pytest.raises(StageError, match="class id 9, outside 0..3"):
+    with pytest.raises(StageError, match=r"class id 9, outside 0\.\.3"):
         load_labels(spec, [bad], [], inputs, "validation", None)
