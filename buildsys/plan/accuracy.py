@@ -51,23 +51,32 @@ def validation_labels(builder: PipelineBuilder, samples_id: str, params: dict[st
 
 # --- quantization: auto -------------------------------------------------------------------
 DEFAULT_PROMOTE = (1, 2, 4, 8)
+RUNG_KINDS = ("minmax", "entropy", "percentile", "per-channel", "promote", "w8a16", "fp16")
 
 
 def ladder(scheme: dict[str, Any]) -> list[dict[str, Any]]:
     """The rungs of an `auto` scheme, cheapest first: each an ordinary onnxruntime scheme
-    (plus `promote_top`: the k most sensitive layers at 16-bit activations), or fp16."""
+    (plus `promote_top`: the k most sensitive layers at 16-bit activations), or fp16.
+    `rungs:` may leave kinds out (e.g. the histogram calibrations on a large model)."""
+    kinds = set(scheme.get("rungs") or RUNG_KINDS)
     w8a8 = {"engine": "onnxruntime", "weights": "int8", "activations": "int8",
             "calibration": scheme["calibration"]}
     if scheme.get("samples"):
         w8a8["samples"] = scheme["samples"]
-    rungs = [("w8a8-minmax", {**w8a8, "method": "minmax"}),
-             ("w8a8-entropy", {**w8a8, "method": "entropy"}),
-             ("w8a8-percentile", {**w8a8, "method": "percentile"}),
-             ("w8a8-per-channel", {**w8a8, "method": "minmax", "per_channel": True})]
-    for k in scheme.get("promote") or DEFAULT_PROMOTE:
-        rungs.append((f"w8a8-top{k}-a16", {**w8a8, "method": "minmax", "promote_top": k}))
-    rungs.append(("w8a16", {**w8a8, "activations": "int16", "method": "minmax"}))
-    rungs.append(("fp16", {"engine": "float"}))
+    # The plain w8a8 rung always runs: the sensitivity report is made from it.
+    rungs = [("w8a8-minmax", {**w8a8, "method": "minmax"})]
+    for method in ("entropy", "percentile"):
+        if method in kinds:
+            rungs.append((f"w8a8-{method}", {**w8a8, "method": method}))
+    if "per-channel" in kinds:
+        rungs.append(("w8a8-per-channel", {**w8a8, "method": "minmax", "per_channel": True}))
+    if "promote" in kinds:
+        for k in scheme.get("promote") or DEFAULT_PROMOTE:
+            rungs.append((f"w8a8-top{k}-a16", {**w8a8, "method": "minmax", "promote_top": k}))
+    if "w8a16" in kinds:
+        rungs.append(("w8a16", {**w8a8, "activations": "int16", "method": "minmax"}))
+    if "fp16" in kinds:
+        rungs.append(("fp16", {"engine": "float"}))
     return [{"name": name, "scheme": rung, "index": index,
              "weight_bits": 16 if rung["engine"] == "float" else 8}
             for index, (name, rung) in enumerate(rungs)]

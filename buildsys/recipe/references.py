@@ -158,7 +158,7 @@ class _Checker:
             self._dataset_ref(("quantization", name, "calibration"), scheme["calibration"],
                               datasets, "calibration", scheme.get("samples"))
             if scheme["engine"] != "onnxruntime" and scheme["engine"] != "auto":
-                for key in ("mixed", "budget", "objective", "promote"):
+                for key in ("mixed", "budget", "objective", "promote", "rungs"):
                     if key in scheme:
                         self.report(("quantization", name, key),
                                     f"{key} applies to the onnxruntime or auto engines, not "

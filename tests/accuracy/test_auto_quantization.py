@@ -49,7 +49,7 @@ targets:
 devices:
   host: {{backend: host, profile: {{warmup: 0, runs: 1}}}}
 builds:
-  - {{model: seg, quantization: [float, w8a8, w8a8-mix16, auto], target: onnx, device: host}}
+  - {{model: seg, quantization: [w8a8, w8a8-mix16, auto], target: onnx, device: host}}
 validate:
   dataset: photos
   psnr_min_db: -100
