@@ -59,8 +59,9 @@ def ladder(scheme: dict[str, Any]) -> list[dict[str, Any]]:
     (plus `promote_top`: the k most sensitive layers at 16-bit activations), or fp16.
     `rungs:` may leave kinds out (e.g. the histogram calibrations on a large model)."""
     kinds = set(scheme.get("rungs") or RUNG_KINDS)
-    w8a8 = {"engine": "onnxruntime", "weights": "int8", "activations": "int8",
-            "calibration": scheme["calibration"]}
+    # Spelt like a recipe's own scheme (calibration data enters as an input), so a rung
+    # and an identical scheme of the recipe share one stage key: built once.
+    w8a8 = {"engine": "onnxruntime", "weights": "int8", "activations": "int8"}
     if scheme.get("samples"):
         w8a8["samples"] = scheme["samples"]
     # The plain w8a8 rung always runs: the sensitivity report is made from it.

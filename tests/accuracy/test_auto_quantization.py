@@ -15,6 +15,8 @@ import pytest
 from tests.accuracy.outlier_model import CLASSES, build_model, write_masks, write_photos
 from tests.conftest import Project, statuses
 
+pytestmark = pytest.mark.slow
+
 RECIPE = f"""\
 recipe: acc
 models:
