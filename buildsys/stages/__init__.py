@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from typing import Any
 
 from buildsys.stages.base import Stage
 
@@ -29,6 +30,13 @@ STAGE_CLASSES = {
     "aihub_link": "buildsys.stages.aihub:AIHubLinkStage",
     "aihub_infer": "buildsys.stages.aihub:AIHubInferStage",
 }
+
+
+def lock_notes(kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a stage kind wants written into the lock beside its digests."""
+    if kind not in STAGE_CLASSES:
+        return {}
+    return {k: metrics[k] for k in stage_class(kind).lock_notes if k in metrics}
 
 
 @cache

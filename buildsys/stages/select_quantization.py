@@ -39,6 +39,7 @@ class SelectQuantizationStage(Stage):
     version: ClassVar[str] = "1"
     output_files: ClassVar[tuple[str, ...]] = ("model.onnx", "selection.json")
     tools: ClassVar[tuple[str, ...]] = PYTHON_TOOLS
+    lock_notes: ClassVar[tuple[str, ...]] = ("chosen", "rungs")
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from buildsys.stages.validate import check

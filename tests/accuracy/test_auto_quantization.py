@@ -126,6 +126,16 @@ def test_auto_ships_the_cheapest_rung_that_passes(built: tuple[Project, dict]) -
     with tarfile.open(release / "acc-seg-auto-onnx-host.tar.gz") as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert manifest["quantization_choice"]["chosen"] == "w8a8-top1-a16"
+    readme = (release / "README.md").read_text()
+    assert "- seg/auto/onnx/host: miou " in readme and "(fp32 1.0000)" in readme
+    assert "auto chose **w8a8-top1-a16** of 8 rungs" in readme
+    assert "most sensitive layers: mix_out" in readme
+    # the lock pins the selection's bytes and spells out the choice and the table
+    import yaml
+
+    lock = yaml.safe_load((project.root / "recipe.lock").read_text())["stages"]
+    notes = lock["seg/auto/select"]["notes"]
+    assert notes["chosen"] == "w8a8-top1-a16" and len(notes["rungs"]) == 8
 
 
 def test_changing_the_budget_reruns_only_the_selection(built: tuple[Project, dict]) -> None:
