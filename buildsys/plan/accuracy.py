@@ -51,6 +51,8 @@ def validation_labels(builder: PipelineBuilder, samples_id: str, params: dict[st
 
 # --- quantization: auto -------------------------------------------------------------------
 DEFAULT_PROMOTE = (1, 2, 4, 8)
+# Validation samples the sensitivity analysis runs (one run per quantizer per sample).
+SENSITIVITY_SAMPLES = 1
 RUNG_KINDS = ("minmax", "entropy", "percentile", "per-channel", "promote", "w8a16", "fp16")
 
 
@@ -126,7 +128,8 @@ def auto_quantized(builder: PipelineBuilder, model: str, scheme_name: str) -> Ou
                 {"scheme": rung["scheme"], "io": builder.io_spec(model)}, inputs, rung_labels))
             if sensitivity is None:  # the first rung: plain w8a8 minmax
                 sensitivity = builder.add(
-                    f"{model}/{scheme_name}/sensitivity", "sensitivity", {},
+                    f"{model}/{scheme_name}/sensitivity", "sensitivity",
+                    {"samples": SENSITIVITY_SAMPLES},
                     {"model": model_ref, "samples": eval_inputs["samples"]}, labels)
         score = builder.add(f"{prefix}/score", "score",
                             {**eval_params, "fp16": rung["scheme"]["engine"] == "float"},
@@ -147,7 +150,8 @@ def sensitivity_of(builder: PipelineBuilder, model: str, scheme_name: str,
     if not scheme.get("sensitivity") or scheme.get("engine") == "auto":
         return None
     eval_inputs = evaluation_inputs(builder, model, {})
-    return builder.add(f"{model}/{scheme_name}/sensitivity", "sensitivity", {},
+    return builder.add(f"{model}/{scheme_name}/sensitivity", "sensitivity",
+                       {"samples": SENSITIVITY_SAMPLES},
                        {"model": quantized, "samples": eval_inputs["samples"]},
                        {"model": model, "quantization": scheme_name})
 

@@ -48,10 +48,13 @@ quantization:
     promote: [1, 2]
 targets:
   onnx: {{runtime: onnx}}
+  qnn: {{runtime: qnn_context_binary}}
 devices:
   host: {{backend: host, profile: {{warmup: 0, runs: 1}}}}
+  sim: {{backend: qnn-htp-simulator, chipset: sm8550}}
 builds:
   - {{model: seg, quantization: [w8a8, w8a8-mix16, auto], target: onnx, device: host}}
+  - {{model: seg, quantization: auto, target: qnn, device: sim}}
 validate:
   dataset: photos
   psnr_min_db: -100
@@ -126,6 +129,13 @@ def test_auto_ships_the_cheapest_rung_that_passes(built: tuple[Project, dict]) -
     with tarfile.open(release / "acc-seg-auto-onnx-host.tar.gz") as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert manifest["quantization_choice"]["chosen"] == "w8a8-top1-a16"
+    # only the winner is compiled for the HTP and run on the simulator, where it meets the
+    # budget too (the 8/16-bit mix compiles as it is)
+    on_htp = output(project, "seg/auto/qnn/sim/validate", "validation.json")
+    assert on_htp["task_metrics"]["drop"]["miou"] <= 0.05
+    compiles = [s["id"] for s in built[1]["stages"] if s["id"].endswith("/compile")]
+    assert sorted(c for c in compiles if c.startswith("seg/auto/")) == [
+        "seg/auto/onnx/compile", "seg/auto/qnn@sm8550/compile"]
     readme = (release / "README.md").read_text()
     assert "- seg/auto/onnx/host: miou " in readme and "(fp32 1.0000)" in readme
     assert "auto chose **w8a8-top1-a16** of 8 rungs" in readme
@@ -150,7 +160,8 @@ def test_changing_the_budget_reruns_only_the_selection(built: tuple[Project, dic
     assert not any("/rungs/" in s or s.endswith("/sensitivity") or s.endswith("/compile")
                    for s in ran), ran
     assert ran <= {"seg/auto/select", "seg/auto/onnx/host/validate",
-                   "seg/auto/onnx/host/package", "release/index"}, ran
+                   "seg/auto/onnx/host/package", "seg/auto/qnn/sim/validate",
+                   "seg/auto/qnn/sim/package", "release/index"}, ran
 
 
 def test_no_rung_passes_fails_with_the_table(built: tuple[Project, dict]) -> None:
