@@ -57,7 +57,7 @@ def accuracy_markdown(rows: list[dict[str, Any]]) -> str:
         sensitivity = r.get("sensitivity")
         if sensitivity:
             worst = ", ".join(f"{w['tensor']} ({w['sqnr_db']:.1f} dB)"
-                              for w in sensitivity["worst"][:3])
+                              for w in sensitivity["layers"][:3])
             notes.append(f"most sensitive layers: {worst} (`{sensitivity['file']}`)")
         if notes:
             lines.append(f"- {_cell(r['id'])}: " + "; ".join(notes))

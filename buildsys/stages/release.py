@@ -62,7 +62,9 @@ class ReleaseIndexStage(Stage):
             row["psnr_db"] = {n: o["psnr_db"] for n, o in validation["outputs"].items()}
             row["validation"] = validation["outputs"]
             if "task_metrics" in validation:
-                row["task_metrics"] = validation["task_metrics"]
+                task = row["task_metrics"] = validation["task_metrics"]
+                # beside the output's other figures too, where the report page reads them
+                row["validation"][task["output"]].update(task["variant"])
         if "selection" in entry:
             selection = read_json(ctx.input(f"{base}/selection"))
             row["quantization_choice"] = {"chosen": selection["chosen"],
@@ -71,7 +73,7 @@ class ReleaseIndexStage(Stage):
                                           "rungs": selection["rungs"], "file": entry["selection"]}
         if "sensitivity" in entry:
             layers = read_json(ctx.input(f"{base}/sensitivity"))["layers"]
-            row["sensitivity"] = {"file": entry["sensitivity"], "worst": [
+            row["sensitivity"] = {"file": entry["sensitivity"], "layers": [
                 {k: layer[k] for k in ("tensor", "node", "op_type", "sqnr_db")}
                 for layer in layers[:5]]}
         return row

@@ -123,9 +123,15 @@ def test_auto_ships_the_cheapest_rung_that_passes(built: tuple[Project, dict]) -
     rows = {r["id"]: r for r in json.loads((release / "index.json").read_text())["variants"]}
     choice = rows["seg/auto/onnx/host"]["quantization_choice"]
     assert choice["chosen"] == "w8a8-top1-a16" and len(choice["rungs"]) == 8
-    assert rows["seg/w8a8/onnx/host"]["sensitivity"]["worst"][0]["tensor"] == "mix_out"
+    assert rows["seg/w8a8/onnx/host"]["sensitivity"]["layers"][0]["tensor"] == "mix_out"
     assert rows["seg/auto/onnx/host"]["sensitivity"]["file"] == \
         "seg/auto/sensitivity/sensitivity.json"
+    # the report page shows labelled mIoU and charts the sensitivity from the same rows
+    from buildsys.report.figures import variant_figures
+
+    figures = variant_figures(rows["seg/w8a8/onnx/host"])
+    assert figures.task_metric is not None and figures.task_metric.key == "miou"
+    assert figures.sensitivity[0][0] == "mix_out"
     with tarfile.open(release / "acc-seg-auto-onnx-host.tar.gz") as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert manifest["quantization_choice"]["chosen"] == "w8a8-top1-a16"
