@@ -139,7 +139,7 @@ def auto_quantized(builder: PipelineBuilder, model: str, scheme_name: str) -> Ou
     params = {"budget": dict(scheme["budget"]), "objective": scheme.get("objective", "size"),
               "rungs": [{k: r[k] for k in ("name", "index", "weight_bits", "scheme")}
                         for r in rungs]}
-    return builder.output(builder.add(f"{model}/{scheme_name}/select", "select_quantization",
+    return builder.output(builder.add(select_stage_id(model, scheme_name), "select_quantization",
                                       params, select_inputs, labels))
 
 
@@ -167,11 +167,24 @@ def compile_precision(builder: PipelineBuilder, scheme_name: str) -> str:
     return "quant"
 
 
+def select_stage_id(model: str, scheme_name: str) -> str:
+    return f"{model}/{scheme_name}/select"
+
+
+def selection_input(builder: PipelineBuilder, model: str, scheme_name: str
+                    ) -> dict[str, InputRef]:
+    """`auto`'s choice and table, for a package manifest (nothing for other schemes)."""
+    stage_id = select_stage_id(model, scheme_name)
+    if stage_id not in builder.nodes:
+        return {}
+    return {"selection": OutputRef(stage_id, "selection.json")}
+
+
 def release_entry(builder: PipelineBuilder, model: str, scheme_name: str,
                   entry: dict[str, Any], inputs: dict[str, InputRef]) -> None:
     """The quantization choice and the sensitivity report of a variant, for the index."""
     for kind, stage_id, name in (
-            ("selection", f"{model}/{scheme_name}/select", "selection.json"),
+            ("selection", select_stage_id(model, scheme_name), "selection.json"),
             ("sensitivity", f"{model}/{scheme_name}/sensitivity", "sensitivity.json")):
         if stage_id in builder.nodes:
             inputs[f"{entry['id']}/{kind}"] = OutputRef(stage_id, name)

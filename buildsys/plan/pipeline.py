@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.plan import accuracy
-from buildsys.plan.accuracy import validation_labels
 from buildsys.plan.node import FileRef, InputRef, OutputRef, StageNode
 from buildsys.plan.sources import module_files
 from buildsys.recipe.load import Recipe
@@ -96,9 +95,7 @@ class PipelineBuilder:
             for path in module_files(spec["python"].partition(":")[0], project):
                 inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
         if spec.get("labels") and split == "validation":
-            from buildsys.plan.accuracy import label_inputs
-
-            params["spec"]["labels"], label_refs = label_inputs(spec, project)
+            params["spec"]["labels"], label_refs = accuracy.label_inputs(spec, project)
             inputs.update(label_refs)
         suffix = f"-{count}" if count is not None else ""
         return self.add(f"data/{dataset}/{split}{suffix}@{model}", "dataset", params, inputs)
@@ -247,7 +244,7 @@ class PipelineBuilder:
         validate_params = {"thresholds": v.thresholds(), "task": self.model(v.model).get(
             "task", "other"), "outputs": self.io_spec(v.model)["outputs"]}
         validate_inputs = {"reference": self.output(reference), "outputs": self.output(infer_id),
-                           **validation_labels(self, samples, validate_params)}
+                           **accuracy.validation_labels(self, samples, validate_params)}
         validate_id = self.add(v.stage_id("validate"), "validate", validate_params,
                                validate_inputs, labels)
         if not v.package or device["backend"] == "aihub":
@@ -277,8 +274,7 @@ class PipelineBuilder:
                   "io": self.io_spec(v.model), "archive": archive,
                   "runtime": self.recipe.section("targets")[v.target]["runtime"]}
         inputs = {**self.all_outputs(compile_id, "model"), "validation": self.output(validate_id)}
-        if f"{v.model}/{v.quantization}/select" in self.nodes:  # quantization: auto's choice
-            inputs["selection"] = OutputRef(f"{v.model}/{v.quantization}/select", "selection.json")
+        inputs.update(accuracy.selection_input(self, v.model, v.quantization))
         return self.add(v.stage_id("package"), "package", params, inputs, labels, publish=True)
 
     def release(self, finals: list[Variant]) -> None:
