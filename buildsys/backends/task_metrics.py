@@ -75,10 +75,14 @@ def classification_metrics(logits: Sequence[np.ndarray], labels: Sequence[np.nda
         if np.asarray(out).ndim > 2 or scores.size < 2:
             raise StageError(f"classification metrics need logits [1, C]; sample {index} is "
                              f"{list(np.asarray(out).shape)}")
+        truth = np.asarray(label).reshape(-1)
+        if truth.size != 1:
+            raise StageError(f"classification labels are one class id per sample; label "
+                             f"{index} has shape {list(np.asarray(label).shape)}")
         # Stable sort of the negated scores: ties go to the lower class index.
         ranking = np.argsort(-scores, kind="stable")
         for k in hits:
-            hits[k] += int(int(label) in ranking[:k])
+            hits[k] += int(int(truth[0]) in ranking[:k])
     count = len(labels)
     return {"top1": hits[1] / count if count else 0.0,
             "top5": hits[5] / count if count else 0.0, "samples": count}

@@ -115,3 +115,39 @@ def test_class_id_files_in_order_or_by_name(tmp_path: Path) -> None:
     spec = {"npy": "x.npy", "labels": {"file": "bad.txt", "classes": 4}, "calibration": 0}
     with pytest.raises(StageError, match=r"class id 9, outside 0\.\.3"):
         load_labels(spec, [bad], [], inputs, "validation", None)
+
+
+def test_validation_of_a_classifier_against_class_ids(tmp_path: Path) -> None:
+    """The validate stage on stored samples: top-1/top-5 for fp32 and the variant, and a
+    drop threshold that fails the stage with its figures."""
+    from buildsys.data.datasets import save_samples
+    from buildsys.stages.base import CheckFailed, StageContext
+    from buildsys.stages.validate import ValidateStage
+
+    rng = np.random.default_rng(0)
+    labels = [int(v) for v in rng.integers(0, 10, 20)]
+    fp32 = [np.eye(10, dtype=np.float32)[[c]] + rng.normal(0, 0.1, (1, 10)).astype(np.float32)
+            for c in labels]
+    # the variant gets the first 4 samples wrong (label's logit pushed to the bottom)
+    variant = [f.copy() for f in fp32]
+    for v, c in zip(variant[:4], labels[:4], strict=True):
+        v[0, c] = -5.0
+    for name, rows in (("reference", fp32), ("outputs", variant)):
+        save_samples([{"logits": r} for r in rows], tmp_path / f"{name}.npz")
+    save_samples([{"label": np.array(c)} for c in labels], tmp_path / "labels.npz")
+
+    def validate(thresholds: dict[str, float]) -> dict:
+        out = tmp_path / "out"
+        out.mkdir(exist_ok=True)
+        ctx = StageContext("m/q/t/d/validate", {
+            "thresholds": thresholds, "task": "classification", "outputs": ["logits"],
+            "labels": {"classes": 10}},
+            {n: tmp_path / f"{n}.npz" for n in ("reference", "outputs", "labels")},
+            out, tmp_path)
+        return ValidateStage().run(ctx)
+
+    result = validate({"top1_min": 0.8})  # with labels: accuracy, not agreement
+    assert result["task_metrics"]["fp32"] == {"top1": 1.0, "top5": 1.0}
+    assert result["task_metrics"]["variant"] == {"top1": 0.8, "top5": 0.8}
+    with pytest.raises(CheckFailed, match=r"top1 drop vs fp32 0\.2 is above top1_drop_max 0\.1"):
+        validate({"top1_drop_max": 0.1})
