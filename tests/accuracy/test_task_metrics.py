@@ -151,3 +151,29 @@ def test_validation_of_a_classifier_against_class_ids(tmp_path: Path) -> None:
     assert result["task_metrics"]["variant"] == {"top1": 0.8, "top5": 0.8}
     with pytest.raises(CheckFailed, match=r"top1 drop vs fp32 0\.2 is above top1_drop_max 0\.1"):
         validate({"top1_drop_max": 0.1})
+
+
+def test_the_dataset_stage_stores_the_validation_labels(tmp_path: Path) -> None:
+    """What the planner hands the dataset stage: image files and the label file as inputs,
+    the labels' paths replaced by flags; labels.npz holds the validation split's ids."""
+    from buildsys.data.datasets import load_samples_npz
+    from buildsys.plan.accuracy import label_inputs
+    from buildsys.stages.base import StageContext
+    from buildsys.stages.dataset import DatasetStage
+
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{name}.png")
+    (tmp_path / "ids.txt").write_text("c.png 2\nb.png 1\na.png 0\n")
+    spec = {"images": "*.png", "labels": {"file": "ids.txt", "classes": 3}, "calibration": 1}
+    labels, refs = label_inputs(spec, tmp_path)
+    assert labels == {"file": True, "classes": 3}
+    inputs = {name: ref.path for name, ref in refs.items()}  # type: ignore[union-attr]
+    inputs.update({f"files/{i:05d}/{n}.png": tmp_path / f"{n}.png"
+                   for i, n in enumerate("abc")})
+    params = {"spec": {"labels": labels, "calibration": 1}, "split": "validation",
+              "count": None, "io": {"inputs": {"image": {"shape": [1, 3, 4, 4]}}}}
+    assert DatasetStage.outputs(params) == ("samples.npz", "labels.npz")
+    out = tmp_path / "out"
+    DatasetStage().run(StageContext("data", params, inputs, out, tmp_path))
+    stored = load_samples_npz(out / "labels.npz")
+    assert [int(s["label"].reshape(-1)[0]) for s in stored] == [1, 2]
