@@ -20,6 +20,7 @@ from buildsys.plan.remote import remote_stage_ids, switched_off
 from buildsys.plan.requirements import check_toolchains
 from buildsys.plan.status import Status
 from buildsys.recipe.load import Recipe
+from buildsys.stages import lock_notes
 from buildsys.store.lock import lock_entry, read_lock, write_lock
 from buildsys.store.remote import RemoteUnavailable, remote_from_env
 from buildsys.store.store import Store, default_cache_dir
@@ -285,7 +286,8 @@ def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Pl
         if outcome.ok and outcome.record and outcome.key:
             node = plan.stages[stage_id].node
             stages[stage_id] = lock_entry(outcome.key, outcome.record["outputs"],
-                                          node.measurements)
+                                          node.measurements,
+                                          lock_notes(node.kind, outcome.metrics))
         elif not outcome.ok:
             stages.pop(stage_id, None)
     write_lock(recipe.lock_path, recipe.name, stages)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from buildsys.plan import accuracy
 from buildsys.plan.node import FileRef, InputRef, OutputRef, StageNode
 from buildsys.plan.sources import module_files
 from buildsys.recipe.load import Recipe
@@ -93,6 +94,9 @@ class PipelineBuilder:
         if "python" in spec:
             for path in module_files(spec["python"].partition(":")[0], project):
                 inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+        if spec.get("labels") and split == "validation":
+            params["spec"]["labels"], label_refs = accuracy.label_inputs(spec, project)
+            inputs.update(label_refs)
         suffix = f"-{count}" if count is not None else ""
         return self.add(f"data/{dataset}/{split}{suffix}@{model}", "dataset", params, inputs)
 
@@ -143,6 +147,8 @@ class PipelineBuilder:
         if scheme_name == "float":
             return self.float_onnx(model)
         scheme = self.recipe.section("quantization")[scheme_name]
+        if scheme["engine"] == "auto":
+            return accuracy.auto_quantized(self, model, scheme_name)
         samples = self.dataset(scheme["calibration"], "calibration", model, scheme.get("samples"))
         inputs: dict[str, InputRef] = {"calibration": self.output(samples)}
         params: dict[str, Any] = {"scheme": {k: v for k, v in scheme.items()
@@ -156,8 +162,10 @@ class PipelineBuilder:
         else:
             inputs["model"] = self.float_onnx(model)
         kind = "aihub_quantize" if scheme["engine"] == "aihub" else "quantize"
-        return self.output(self.add(f"{model}/{scheme_name}/quantize", kind, params, inputs,
-                                    {"model": model, "quantization": scheme_name}))
+        quantized = self.output(self.add(f"{model}/{scheme_name}/quantize", kind, params,
+                                         inputs, {"model": model, "quantization": scheme_name}))
+        accuracy.sensitivity_of(self, model, scheme_name, quantized)
+        return quantized
 
     def compile(self, v: Variant) -> str:
         target = self.recipe.section("targets")[v.target]
@@ -167,7 +175,7 @@ class PipelineBuilder:
         if device["backend"] == "aihub":
             return self.aihub_compile(v, target, device, labels)
         params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
-                                  "precision": "float" if v.quantization == "float" else "quant"}
+                                  "precision": accuracy.compile_precision(self, v.quantization)}
         shared_by = None  # every host device runs the same compiled model
         if runtime == "tflite":
             source_params, inputs = self.source(v.model)
@@ -235,9 +243,10 @@ class PipelineBuilder:
                             {**model_inputs, "samples": self.output(samples)}, labels)
         validate_params = {"thresholds": v.thresholds(), "task": self.model(v.model).get(
             "task", "other"), "outputs": self.io_spec(v.model)["outputs"]}
+        validate_inputs = {"reference": self.output(reference), "outputs": self.output(infer_id),
+                           **accuracy.validation_labels(self, samples, validate_params)}
         validate_id = self.add(v.stage_id("validate"), "validate", validate_params,
-                               {"reference": self.output(reference),
-                                "outputs": self.output(infer_id)}, labels)
+                               validate_inputs, labels)
         if not v.package or device["backend"] == "aihub":
             return validate_id
         return self.package(v, compile_id, validate_id, labels)
@@ -265,6 +274,7 @@ class PipelineBuilder:
                   "io": self.io_spec(v.model), "archive": archive,
                   "runtime": self.recipe.section("targets")[v.target]["runtime"]}
         inputs = {**self.all_outputs(compile_id, "model"), "validation": self.output(validate_id)}
+        inputs.update(accuracy.selection_input(self, v.model, v.quantization))
         return self.add(v.stage_id("package"), "package", params, inputs, labels, publish=True)
 
     def release(self, finals: list[Variant]) -> None:
@@ -282,6 +292,7 @@ class PipelineBuilder:
                     output = (node.measurements or node.outputs)[0]
                     inputs[stage_id] = OutputRef(stage_id, output)
                     entry[kind] = output
+            accuracy.release_entry(self, v.model, v.quantization, entry, inputs)
             compile_id = self.compiled[v]
             inputs.update(self.all_outputs(compile_id, f"{v.id}/compiled"))
             entry["compiled"] = list(self.nodes[compile_id].outputs)

@@ -114,6 +114,9 @@ class Stage:
     # Outputs that are measurements (timings): recorded, not part of the lock's
     # reproducibility check, since no two runs time the same.
     measurement_files: ClassVar[tuple[str, ...]] = ()
+    # Metrics (keys of what `run` returns) also written into the lock beside the digests,
+    # for whoever reads the lock (e.g. the rung `quantization: auto` chose). Not checked.
+    lock_notes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ class CompileStage(RuntimeStage):
 
         level = ctx.params["optimization"]
         dst = ctx.output("model.onnx")
-        if ctx.params["precision"] == "quant":
+        if precision(ctx) == "quant":
             # Above BASIC, ORT fuses Q/DQ into QLinear* integer kernels whose accuracy depends
             # on the CPU (no VNNI: tens of dB lost). Ship QDQ intact; the device's ORT fuses
             # for its own CPU at load time, and validation measures true numbers.
@@ -48,7 +48,7 @@ class CompileStage(RuntimeStage):
         if ctx.params.get("ort_format"):
             # QDQ models keep their Q/DQ nodes in the .ort too, with the fusions saved for the
             # device's ORT (see convert_to_ort_format).
-            quant = ctx.params["precision"] == "quant"
+            quant = precision(ctx) == "quant"
             convert_to_ort_format(dst, ctx.output("model.ort"), runtime_optimizations=quant)
             metrics["ort_format"] = {"optimization_style": "runtime" if quant else "fixed"}
         return metrics
@@ -57,7 +57,9 @@ class CompileStage(RuntimeStage):
         from buildsys.backends.ort_runtime import optimize_model
         from buildsys.backends.qnn import compile_context_binary
 
-        fp16 = ctx.params["precision"] == "float" and ctx.params["float"] == "fp16"
+        # An `auto` winner may be float, a mixed scheme may keep float layers: both run those
+        # in HTP's fp16 mode (which leaves quantized ops as they are).
+        fp16 = ctx.params["precision"] in ("float", "auto") and ctx.params["float"] == "fp16"
         # Exporters (torch's, AIMET's) leave shape arithmetic (Shape → Gather → Concat feeding
         # Resize and Pad) that HTP cannot run; ORT's basic level folds it into constants and
         # keeps Q/DQ nodes as they are. (The QNN backend compiles in a fresh process, which
@@ -76,3 +78,14 @@ class CompileStage(RuntimeStage):
         info = convert(load_torch_model(ctx), example_inputs(ctx.params["io"]),
                        ctx.output("model.tflite"))
         return info or {}
+
+
+def precision(ctx: StageContext) -> str:
+    """float or quant; "auto" (quantization: auto, mixed schemes) is read off the model."""
+    if ctx.params["precision"] != "auto":
+        return str(ctx.params["precision"])
+    import onnx
+
+    model = onnx.load(str(ctx.input("model")), load_external_data=False)
+    quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    return "quant" if quantized else "float"

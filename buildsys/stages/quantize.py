@@ -57,10 +57,25 @@ class QuantizeStage(Stage):
         else:
             from buildsys.backends.ort_quantize import quantize_qdq
 
+            mixed = scheme.get("mixed") or {}
+            int16 = list(mixed.get("int16") or []) + promoted(ctx)
             info = quantize_qdq(
                 ctx.input("model"), dst, calibration, weights=scheme["weights"],
                 activations=scheme["activations"], method=scheme.get("method", "minmax"),
                 per_channel=bool(scheme.get("per_channel")),
+                int16_layers=int16, float_layers=list(mixed.get("float") or []),
             )
         return {"engine": scheme["engine"], "calibration_samples": len(calibration),
                 **(info or {})}
+
+
+def promoted(ctx: StageContext) -> list[str]:
+    """The `promote_top` most sensitive tensors of a sensitivity report (an `auto` rung that
+    keeps the layers w8a8 hurts most at 16-bit activations)."""
+    count = ctx.params["scheme"].get("promote_top")
+    if not count:
+        return []
+    from buildsys.stages._common import read_json
+
+    layers = read_json(ctx.input("sensitivity"))["layers"]
+    return [layer["tensor"] for layer in layers[:count]]
