@@ -169,9 +169,17 @@ class PipelineBuilder:
         params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
                                   "precision": "float" if v.quantization == "float" else "quant"}
         shared_by = None  # every host device runs the same compiled model
-        if runtime == "tflite":
+        if runtime in ("tflite", "ncnn", "executorch"):  # converted from the torch model
             source_params, inputs = self.source(v.model)
             params["source"] = source_params
+            if runtime == "ncnn":
+                params["storage"] = target.get("storage", "fp16")
+            if runtime == "executorch" and v.quantization != "float":  # PT2E, in the compile
+                scheme = self.recipe.section("quantization")[v.quantization]
+                params["scheme"] = {key: value for key, value in scheme.items()
+                                    if key not in ("calibration", "validate")}
+                inputs["calibration"] = self.output(self.dataset(
+                    scheme["calibration"], "calibration", v.model, scheme.get("samples")))
         else:
             inputs = {"model": self.quantized(v.model, v.quantization)}
         if runtime == "onnx":

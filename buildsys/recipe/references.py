@@ -22,7 +22,7 @@ BUILTIN_SCHEMES = {"float"}
 
 # Which runtimes each device backend can run (AI Hub compiles and runs all of them remotely).
 RUNTIMES_BY_BACKEND = {
-    "host": {"onnx", "tflite"},
+    "host": {"onnx", "tflite", "ncnn", "executorch"},
     "qnn-htp-simulator": {"qnn_context_binary"},
     "aihub": {"onnx", "qnn_context_binary", "tflite", "qnn_dlc", "precompiled_qnn_onnx"},
 }
@@ -122,6 +122,21 @@ class _Checker:
                         f"local tflite target {target_name!r} converts the float torch model; "
                         f"scheme {scheme_name!r} needs an aihub device")
         scheme = schemes.get(scheme_name)
+        runtime = target["runtime"]
+        if runtime == "ncnn" and scheme_name != "float":
+            self.report(("builds", index, "quantization"),
+                        f"ncnn target {target_name!r} converts the float torch model (pnnx; "
+                        f"storage fp16 or fp32): NCNN's int8 tools (ncnn2table, ncnn2int8) are "
+                        f"not in the pip wheels, so scheme {scheme_name!r} cannot apply")
+        pt2e = bool(scheme) and scheme["engine"] == "pt2e"
+        if runtime == "executorch" and scheme_name != "float" and not pt2e:
+            self.report(("builds", index, "quantization"),
+                        f"executorch target {target_name!r} quantizes the torch model itself: "
+                        f"scheme {scheme_name!r} must have engine: pt2e")
+        if pt2e and runtime != "executorch":
+            self.report(("builds", index, "quantization"),
+                        f"scheme {scheme_name!r} (engine pt2e) quantizes for ExecuTorch: "
+                        f"target {target_name!r} (runtime {runtime}) cannot use it")
         if scheme and scheme["engine"] == "aihub" and not any(
                 d and d["backend"] == "aihub" for d in devices) and not (
                 self.doc.data.get("devices") or {}):
@@ -160,6 +175,16 @@ class _Checker:
             if "link_options" in target and not target.get("link"):
                 self.report(("targets", name, "link_options"),
                             "link_options without link: true has no effect")
+            if "storage" in target and target["runtime"] != "ncnn":
+                self.report(("targets", name, "storage"),
+                            f"storage is how an ncnn .bin stores weights: runtime "
+                            f"{target['runtime']} has no such option")
+        for name, scheme in (data.get("quantization") or {}).items():
+            if scheme["engine"] == "pt2e" and (scheme["weights"], scheme["activations"]) != (
+                    "int8", "int8"):
+                self.report(("quantization", name),
+                            "engine pt2e (ExecuTorch's XNNPACK quantizer) makes w8a8 only: "
+                            "weights: int8, activations: int8")
 
     def check_devices(self, data: dict[str, Any]) -> None:
         for name, device in (data.get("devices") or {}).items():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from buildsys.errors import StageError
-from buildsys.numerics import ORT_KERNELS
+from buildsys.numerics import ORT_KERNELS, SIMD_KERNELS
 
 
 class CheckFailed(StageError):
@@ -133,7 +133,7 @@ class Stage:
         """Distributions this stage imports when it runs; the planner fails a build that
         needs one that is not installed, naming the extra to install (see toolchain.py)."""
         return tuple(name for name in cls.tool_names(params)
-                     if name not in ("python", ORT_KERNELS))
+                     if name not in ("python", ORT_KERNELS, *SIMD_KERNELS))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError
