@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import metadata
 
+from buildsys.cuda_gpus import CUDA_GPU, gpu_class
 from buildsys.numerics import ORT_KERNELS, SIMD_KERNELS, host_kernel_class, host_simd_class
 
 NOT_INSTALLED = "not installed"
@@ -35,6 +36,7 @@ EXTRA_FOR: dict[str, str] = {
     "pnnx": "ncnn",
     "ncnn": "ncnn",
     "executorch": "executorch",
+    "tensorrt": "tensorrt",
     "matplotlib": "report",
     "jinja2": "report",
 }
@@ -49,6 +51,8 @@ def tool_version(distribution: str) -> str:
         return host_kernel_class()
     if distribution in SIMD_KERNELS:
         return host_simd_class()
+    if distribution == CUDA_GPU:  # the GPU model TensorRT engines are built for
+        return gpu_class()
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:

@@ -166,6 +166,10 @@ class PipelineBuilder:
         labels = {"model": v.model, "quantization": v.quantization, "target": v.target}
         if device["backend"] == "aihub":
             return self.aihub_compile(v, target, device, labels)
+        if runtime == "tensorrt":  # an engine for this machine's GPU, from the (QDQ) ONNX
+            return self.add(v.compile_stage_id(shared_by=v.device), "tensorrt_compile",
+                            {"io": self.io_spec(v.model)},
+                            {"model": self.quantized(v.model, v.quantization)}, labels)
         params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
                                   "precision": "float" if v.quantization == "float" else "quant"}
         shared_by = None  # every host device runs the same compiled model
@@ -223,15 +227,18 @@ class PipelineBuilder:
         run_params = {"runtime": target["runtime"], "backend": device["backend"],
                       "chipset": device.get("chipset"), "io": self.io_spec(v.model)}
         profile_id = None
-        if device["backend"] == "host":
+        on_gpu = device["backend"] == "cuda"  # TensorRT's own stage kinds
+        if device["backend"] in ("host", "cuda"):
             profile = {**DEFAULT_PROFILE["host"], **(device.get("profile") or {})}
-            profile_id = self.add(v.stage_id("profile"), "profile", {**run_params, **profile},
-                                  dict(model_inputs), labels)
+            profile_id = self.add(v.stage_id("profile"),
+                                  "tensorrt_profile" if on_gpu else "profile",
+                                  {**run_params, **profile}, dict(model_inputs), labels)
         reference = self.reference(v.model)
         if reference is None:
             return profile_id
         samples = self.dataset(self.validation_dataset() or "", "validation", v.model, None)
-        infer_kind = "aihub_infer" if device["backend"] == "aihub" else "infer"
+        infer_kind = {"aihub": "aihub_infer", "cuda": "tensorrt_infer"}.get(device["backend"],
+                                                                           "infer")
         if device["backend"] == "aihub":
             run_params["device"] = _aihub_device(device)
         infer_params = run_params

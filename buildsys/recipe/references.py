@@ -25,6 +25,7 @@ RUNTIMES_BY_BACKEND = {
     "host": {"onnx", "tflite", "ncnn", "executorch"},
     "qnn-htp-simulator": {"qnn_context_binary"},
     "aihub": {"onnx", "qnn_context_binary", "tflite", "qnn_dlc", "precompiled_qnn_onnx"},
+    "cuda": {"tensorrt"},
 }
 
 

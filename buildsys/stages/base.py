@@ -105,6 +105,9 @@ class Stage:
     # The stage mostly waits on a remote service (AI Hub): it runs outside the local -j
     # budget, so all independent remote jobs are submitted at once and awaited together.
     remote: ClassVar[bool] = False
+    # The stage needs hardware this machine may lack (a GPU): `unavailable` says so at plan
+    # time and the stage fails there, without running (plan/hardware.py).
+    needs_hardware: ClassVar[bool] = False
     # The files every stage of this kind writes (more may be written); `outputs` may vary them
     # by parameters. Downstream stages and the planner name them through the stage class only.
     output_files: ClassVar[tuple[str, ...]] = ()
