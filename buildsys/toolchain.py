@@ -37,6 +37,8 @@ EXTRA_FOR: dict[str, str] = {
     "ncnn": "ncnn",
     "executorch": "executorch",
     "tensorrt": "tensorrt",
+    "tensorflow-cpu": "tensorflow",
+    "tf2onnx": "tensorflow",
     "matplotlib": "report",
     "jinja2": "report",
 }

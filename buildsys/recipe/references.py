@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from buildsys.recipe.matrix import AXES, as_list, excluded
-from buildsys.recipe.model_source import source_files
+from buildsys.recipe.model_source import is_keras, is_torch, source_files
 from buildsys.recipe.yaml_source import YamlDocument, format_path
 
 SECTION_OF_AXIS = {
@@ -19,6 +19,9 @@ SECTION_OF_AXIS = {
     "device": "devices",
 }
 BUILTIN_SCHEMES = {"float"}
+# Local targets converted from the model itself, not from its ONNX export: what they read.
+TORCH_SOURCES_OF = {"ncnn": "a torch model (pnnx)", "executorch": "a torch model (torch.export)",
+                    "tflite": "a torch model (litert-torch) or a Keras file (TFLite converter)"}
 
 # Which runtimes each device backend can run (AI Hub compiles and runs all of them remotely).
 RUNTIMES_BY_BACKEND = {
@@ -103,11 +106,29 @@ class _Checker:
                                 f"target {values['target']!r} (runtime {target['runtime']}); "
                                 f"it runs: {can}")
                 continue
+            if device["backend"] != "aihub":
+                self._check_source_on_target(index, values["model"], values["target"], target,
+                                             reported)
             triple = (values["quantization"], *pair)
             if triple not in reported:
                 reported.add(triple)
                 self._check_scheme_on_target(index, values["quantization"], schemes,
                                              values["target"], target, [device])
+
+    def _check_source_on_target(self, index: int, model_name: str, target_name: str,
+                                target: dict[str, Any], reported: set[tuple[str, ...]]) -> None:
+        """Local converters that start from the model itself need a source they can read."""
+        source = ((self.doc.data.get("models") or {}).get(model_name) or {}).get("source") or {}
+        runtime = target["runtime"]
+        readers = TORCH_SOURCES_OF.get(runtime)
+        if readers is None or is_torch(source) or (runtime == "tflite" and is_keras(source)):
+            return
+        if (model_name, target_name) in reported:
+            return
+        reported.add((model_name, target_name))
+        self.report(("builds", index, "target"),
+                    f"target {target_name!r} ({runtime}) converts {readers}; model "
+                    f"{model_name!r} has a {'/'.join(sorted(source)) or 'missing'} source")
 
     def _check_scheme_on_target(self, index: int, scheme_name: str, schemes: dict[str, Any],
                                 target_name: str, target: dict[str, Any],

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from buildsys.numerics import NUMERICS
 from buildsys.stages._common import (
+    PYTHON_TOOLS,
     RuntimeStage,
     example_inputs,
     load_samples,
@@ -22,6 +23,12 @@ class CompileStage(RuntimeStage):
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"5+{NUMERICS}"
     runs_model: ClassVar[bool] = False
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        if (params.get("source") or {}).get("keras"):  # TensorFlow's converter, no torch
+            return (*PYTHON_TOOLS, "tensorflow-cpu")
+        return super().tool_names(params)
 
     @classmethod
     def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
@@ -86,6 +93,10 @@ class CompileStage(RuntimeStage):
         return {"chipset": ctx.params["chipset"], "fp16": fp16}
 
     def _tflite(self, ctx: StageContext) -> dict[str, Any]:
+        if ctx.params["source"].get("keras"):
+            from buildsys.backends.tf_keras import to_tflite
+
+            return to_tflite(ctx.input("source/keras"), ctx.output("model.tflite"))
         from buildsys.backends.tflite import convert
 
         info = convert(load_torch_model(ctx), example_inputs(ctx.params["io"]),
