@@ -153,11 +153,26 @@ class PipelineBuilder:
             inputs.update(source_inputs)
             params["source"] = source_params
             params["optimize"] = self.model(model).get("optimize") or {}
+            if scheme.get("qat"):  # the training callable's source enters the key
+                inputs.update(self.qat_inputs(scheme, model))
         else:
             inputs["model"] = self.float_onnx(model)
         kind = "aihub_quantize" if scheme["engine"] == "aihub" else "quantize"
         return self.output(self.add(f"{model}/{scheme_name}/quantize", kind, params, inputs,
                                     {"model": model, "quantization": scheme_name}))
+
+    def qat_inputs(self, scheme: dict[str, Any], model: str) -> dict[str, InputRef]:
+        """QAT: the train callable's module files, and the validation split of the scheme's
+        dataset when it has one (the callable gets every split the dataset declares)."""
+        project = self.recipe.project_dir
+        module = scheme["qat"]["train"].partition(":")[0]
+        inputs: dict[str, InputRef] = {
+            f"code/{_code_name(path, project)}": FileRef(path)
+            for path in module_files(module, project)}
+        if self.recipe.section("datasets")[scheme["calibration"]].get("validation"):
+            inputs["qat/validation"] = self.output(
+                self.dataset(scheme["calibration"], "validation", model, None))
+        return inputs
 
     def compile(self, v: Variant) -> str:
         target = self.recipe.section("targets")[v.target]

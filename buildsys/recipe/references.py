@@ -202,6 +202,10 @@ class _Checker:
                             f"storage is how an ncnn .bin stores weights: runtime "
                             f"{target['runtime']} has no such option")
         for name, scheme in (data.get("quantization") or {}).items():
+            if "qat" in scheme and scheme["engine"] != "aimet":
+                self.report(("quantization", name, "qat"),
+                            f"quantization-aware training runs in AIMET: engine "
+                            f"{scheme['engine']} cannot train (use engine: aimet)")
             if scheme["engine"] == "pt2e" and (scheme["weights"], scheme["activations"]) != (
                     "int8", "int8"):
                 self.report(("quantization", name),
