@@ -97,6 +97,10 @@ def to_onnx(path: Path, example_inputs: dict[str, np.ndarray], outputs: list[str
     got, _ = run(Path(dst), [probe], level="basic", threads=1)
     error = max(float(np.max(np.abs(np.asarray(e) - g))) for e, g in
                 zip(expected, got[0].values(), strict=True))
+    if not np.isfinite(error):
+        raise StageError(f"{Path(path).name}: Keras or its ONNX export computes non-finite "
+                         "outputs on a probe input (uniform in [0, 1)); check the model's "
+                         "weights (e.g. a negative BatchNorm variance)")
     return {"converter": f"tf2onnx {tf2onnx.__version__}", "tensorflow": tf.__version__,
             "opset": opset, "parameters": int(model.count_params()),
             "keras_vs_onnx_max_abs_error": float(f"{error:.4g}")}
