@@ -84,7 +84,7 @@ def convert(model: torch.nn.Module, example_inputs: dict[str, np.ndarray], dst: 
     return {"format": "pte", "backend": "xnnpack", "quantize": quantize or "none",
             "calibration_samples": len(calibration or []) if quantize else 0,
             "batchnorms_folded": fold_info["batchnorms_folded"],
-            "delegated_ops": delegated, "ops_outside_xnnpack": total,
+            "xnnpack_delegate_calls": delegated, "ops_outside_xnnpack": total,
             "size_bytes": len(data), "executorch_version": _version("executorch"),
             "torch_version": torch.__version__}
 
