@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,10 @@ def convert(model: torch.nn.Module, example_inputs: dict[str, np.ndarray], out_d
     scratch = Path(work_dir) / "pnnx"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # pnnx reads TorchScript; torch marks tracing deprecated (pnnx also reads ONNX, the
+        # way out when tracing goes).
+        warnings.simplefilter("ignore", FutureWarning)
         try:
             traced = torch.jit.trace(folded.eval(), args, check_trace=False)
         except Exception as e:
