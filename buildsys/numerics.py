@@ -88,7 +88,11 @@ def running_kernel_class() -> str:
 # one than ORT's) as one of these pseudo-tools.
 NCNN_KERNELS = "ncnn-cpu-kernels"
 XNNPACK_KERNELS = "xnnpack-cpu-kernels"
-SIMD_KERNELS = (NCNN_KERNELS, XNNPACK_KERNELS)
+# TensorFlow folds constants (BatchNorm into convolutions, …) with its own CPU kernels when
+# tf2onnx or the TFLite converter convert a Keras model: the bytes differ between AVX-512 and
+# AVX2 CPUs even with oneDNN off and pinned.
+TENSORFLOW_KERNELS = "tensorflow-cpu-kernels"
+SIMD_KERNELS = (NCNN_KERNELS, XNNPACK_KERNELS, TENSORFLOW_KERNELS)
 
 # The extensions those kernels dispatch on: /proc/cpuinfo flag -> numpy's name for it.
 _SIMD_FEATURES = (("avx", "AVX"), ("f16c", "F16C"), ("fma", "FMA3"), ("avx2", "AVX2"),

@@ -6,6 +6,10 @@ co-install with the protobuf 6.31.1 that qai-hub pins). TensorFlow is imported i
 functions, with its oneDNN graph rewrites off (they pick kernels by the CPU) and its log
 chatter down.
 
+TensorFlow folds constants with kernels it picks by the CPU: the ONNX and .tflite bytes of one
+Keras file differ between an AVX-512 and an AVX2 CPU (measured natively vs emulated Haswell),
+so the stages that convert carry the SIMD class in their key (numerics.TENSORFLOW_KERNELS).
+
 Keras keeps its own layout (usually NHWC): the recipe declares the model's input shapes as
 Keras sees them, and datasets use ``preprocess: {layout: NHWC}``. ONNX inputs take the recipe's
 input names (in the model's input order), outputs the recipe's output names.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
-from buildsys.numerics import NUMERICS
+from buildsys.numerics import NUMERICS, TENSORFLOW_KERNELS
 from buildsys.stages._common import (
     PYTHON_TOOLS,
     RuntimeStage,
@@ -27,7 +27,7 @@ class CompileStage(RuntimeStage):
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
         if (params.get("source") or {}).get("keras"):  # TensorFlow's converter, no torch
-            return (*PYTHON_TOOLS, "tensorflow-cpu")
+            return (*PYTHON_TOOLS, "tensorflow-cpu", TENSORFLOW_KERNELS)
         return super().tool_names(params)
 
     @classmethod

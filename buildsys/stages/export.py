@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
-from buildsys.numerics import NUMERICS
+from buildsys.numerics import NUMERICS, TENSORFLOW_KERNELS
 from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_torch_model
 from buildsys.stages.base import Stage, StageContext
 
@@ -21,7 +21,8 @@ class ExportStage(Stage):
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
         if params["source"].get("keras"):
-            return (*PYTHON_TOOLS, "onnx", "tensorflow-cpu", "tf2onnx", "onnxruntime")
+            return (*PYTHON_TOOLS, "onnx", "tensorflow-cpu", "tf2onnx", "onnxruntime",
+                    TENSORFLOW_KERNELS)
         return cls.tools
 
     def run(self, ctx: StageContext) -> dict[str, Any]:

@@ -73,6 +73,12 @@ def test_a_keras_model_builds_to_onnx_and_tflite_and_validates(project: Project)
     assert export["metrics"]["keras_vs_onnx_max_abs_error"] < 1e-4
     assert export["metrics"]["converter"].startswith("tf2onnx ")
 
+    # TensorFlow's constant folding follows the CPU's SIMD class: the converting stages say so.
+    explain = project.run("recipe.yaml", "--explain", "small/export").stdout
+    assert "tensorflow-cpu-kernels" in explain
+    explain = project.run("recipe.yaml", "--explain", "small/float/tflite/compile").stdout
+    assert "tensorflow-cpu-kernels" in explain
+
     import onnx
 
     model = onnx.load(str(project.root / "build/kr/small/export/model.onnx"))
