@@ -14,6 +14,7 @@ from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
 from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
+from buildsys.plan.hardware import blocked_hardware_stages
 from buildsys.plan.plan_cache import PlanCache, save_after_build
 from buildsys.plan.planner import Plan, make_plan_with_remote
 from buildsys.plan.remote import remote_stage_ids, switched_off
@@ -147,9 +148,11 @@ def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
     except StageError as exc:  # e.g. a dataset's files, found while planning: a recipe problem
         raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
-    check_toolchains(graph, skip=skipped_remote_stages(graph, options.offline))
+    no_hardware = blocked_hardware_stages(graph)  # e.g. TensorRT without a GPU: no toolchain
+    check_toolchains(graph, skip=[*skipped_remote_stages(graph, options.offline), *no_hardware])
     plan = make_plan_with_remote(graph, store, options.force,
-                                 blocked_stages(recipe, graph, options.offline))
+                                 {**blocked_stages(recipe, graph, options.offline),
+                                  **no_hardware})
     plan.all_stage_ids = set(full.nodes)
     failure = remote_failure(store)
     if failure:

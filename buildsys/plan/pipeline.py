@@ -159,6 +159,8 @@ class PipelineBuilder:
             inputs.update(source_inputs)
             params["source"] = source_params
             params["optimize"] = self.model(model).get("optimize") or {}
+            if scheme.get("qat"):  # the training callable's source enters the key
+                inputs.update(self.qat_inputs(scheme, model))
         else:
             inputs["model"] = self.float_onnx(model)
         kind = "aihub_quantize" if scheme["engine"] == "aihub" else "quantize"
@@ -167,6 +169,19 @@ class PipelineBuilder:
         accuracy.sensitivity_of(self, model, scheme_name, quantized)
         return quantized
 
+    def qat_inputs(self, scheme: dict[str, Any], model: str) -> dict[str, InputRef]:
+        """QAT: the train callable's module files, and the validation split of the scheme's
+        dataset when it has one (the callable gets every split the dataset declares)."""
+        project = self.recipe.project_dir
+        module = scheme["qat"]["train"].partition(":")[0]
+        inputs: dict[str, InputRef] = {
+            f"code/{_code_name(path, project)}": FileRef(path)
+            for path in module_files(module, project)}
+        if self.recipe.section("datasets")[scheme["calibration"]].get("validation"):
+            inputs["qat/validation"] = self.output(
+                self.dataset(scheme["calibration"], "validation", model, None))
+        return inputs
+
     def compile(self, v: Variant) -> str:
         target = self.recipe.section("targets")[v.target]
         device = self.recipe.section("devices")[v.device]
@@ -174,12 +189,24 @@ class PipelineBuilder:
         labels = {"model": v.model, "quantization": v.quantization, "target": v.target}
         if device["backend"] == "aihub":
             return self.aihub_compile(v, target, device, labels)
+        if runtime == "tensorrt":  # an engine for this machine's GPU, from the (QDQ) ONNX
+            return self.add(v.compile_stage_id(shared_by=v.device), "tensorrt_compile",
+                            {"io": self.io_spec(v.model)},
+                            {"model": self.quantized(v.model, v.quantization)}, labels)
         params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
                                   "precision": accuracy.compile_precision(self, v.quantization)}
         shared_by = None  # every host device runs the same compiled model
-        if runtime == "tflite":
+        if runtime in ("tflite", "ncnn", "executorch"):  # converted from the torch model
             source_params, inputs = self.source(v.model)
             params["source"] = source_params
+            if runtime == "ncnn":
+                params["storage"] = target.get("storage", "fp16")
+            if runtime == "executorch" and v.quantization != "float":  # PT2E, in the compile
+                scheme = self.recipe.section("quantization")[v.quantization]
+                params["scheme"] = {key: value for key, value in scheme.items()
+                                    if key not in ("calibration", "validate")}
+                inputs["calibration"] = self.output(self.dataset(
+                    scheme["calibration"], "calibration", v.model, scheme.get("samples")))
         else:
             inputs = {"model": self.quantized(v.model, v.quantization)}
         if runtime == "onnx":
@@ -223,15 +250,18 @@ class PipelineBuilder:
         run_params = {"runtime": target["runtime"], "backend": device["backend"],
                       "chipset": device.get("chipset"), "io": self.io_spec(v.model)}
         profile_id = None
-        if device["backend"] == "host":
+        on_gpu = device["backend"] == "cuda"  # TensorRT's own stage kinds
+        if device["backend"] in ("host", "cuda"):
             profile = {**DEFAULT_PROFILE["host"], **(device.get("profile") or {})}
-            profile_id = self.add(v.stage_id("profile"), "profile", {**run_params, **profile},
-                                  dict(model_inputs), labels)
+            profile_id = self.add(v.stage_id("profile"),
+                                  "tensorrt_profile" if on_gpu else "profile",
+                                  {**run_params, **profile}, dict(model_inputs), labels)
         reference = self.reference(v.model)
         if reference is None:
             return profile_id
         samples = self.dataset(self.validation_dataset() or "", "validation", v.model, None)
-        infer_kind = "aihub_infer" if device["backend"] == "aihub" else "infer"
+        infer_kind = {"aihub": "aihub_infer", "cuda": "tensorrt_infer"}.get(device["backend"],
+                                                                           "infer")
         if device["backend"] == "aihub":
             run_params["device"] = _aihub_device(device)
         infer_params = run_params

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from buildsys.recipe.matrix import AXES, as_list, excluded
-from buildsys.recipe.model_source import source_files
+from buildsys.recipe.model_source import is_keras, is_torch, source_files
 from buildsys.recipe.yaml_source import YamlDocument, format_path
 
 SECTION_OF_AXIS = {
@@ -19,12 +19,16 @@ SECTION_OF_AXIS = {
     "device": "devices",
 }
 BUILTIN_SCHEMES = {"float"}
+# Local targets converted from the model itself, not from its ONNX export: what they read.
+TORCH_SOURCES_OF = {"ncnn": "a torch model (pnnx)", "executorch": "a torch model (torch.export)",
+                    "tflite": "a torch model (litert-torch) or a Keras file (TFLite converter)"}
 
 # Which runtimes each device backend can run (AI Hub compiles and runs all of them remotely).
 RUNTIMES_BY_BACKEND = {
-    "host": {"onnx", "tflite"},
+    "host": {"onnx", "tflite", "ncnn", "executorch"},
     "qnn-htp-simulator": {"qnn_context_binary"},
     "aihub": {"onnx", "qnn_context_binary", "tflite", "qnn_dlc", "precompiled_qnn_onnx"},
+    "cuda": {"tensorrt"},
 }
 
 
@@ -102,11 +106,29 @@ class _Checker:
                                 f"target {values['target']!r} (runtime {target['runtime']}); "
                                 f"it runs: {can}")
                 continue
+            if device["backend"] != "aihub":
+                self._check_source_on_target(index, values["model"], values["target"], target,
+                                             reported)
             triple = (values["quantization"], *pair)
             if triple not in reported:
                 reported.add(triple)
                 self._check_scheme_on_target(index, values["quantization"], schemes,
                                              values["target"], target, [device])
+
+    def _check_source_on_target(self, index: int, model_name: str, target_name: str,
+                                target: dict[str, Any], reported: set[tuple[str, ...]]) -> None:
+        """Local converters that start from the model itself need a source they can read."""
+        source = ((self.doc.data.get("models") or {}).get(model_name) or {}).get("source") or {}
+        runtime = target["runtime"]
+        readers = TORCH_SOURCES_OF.get(runtime)
+        if readers is None or is_torch(source) or (runtime == "tflite" and is_keras(source)):
+            return
+        if (model_name, target_name) in reported:
+            return
+        reported.add((model_name, target_name))
+        self.report(("builds", index, "target"),
+                    f"target {target_name!r} ({runtime}) converts {readers}; model "
+                    f"{model_name!r} has a {'/'.join(sorted(source)) or 'missing'} source")
 
     def _check_scheme_on_target(self, index: int, scheme_name: str, schemes: dict[str, Any],
                                 target_name: str, target: dict[str, Any],
@@ -122,7 +144,22 @@ class _Checker:
                         f"local tflite target {target_name!r} converts the float torch model; "
                         f"scheme {scheme_name!r} needs an aihub device")
         scheme = schemes.get(scheme_name)
-        if scheme and target["runtime"] == "qnn_context_binary" and local:
+        runtime = target["runtime"]
+        if runtime == "ncnn" and scheme_name != "float":
+            self.report(("builds", index, "quantization"),
+                        f"ncnn target {target_name!r} converts the float torch model (pnnx; "
+                        f"storage fp16 or fp32): NCNN's int8 tools (ncnn2table, ncnn2int8) are "
+                        f"not in the pip wheels, so scheme {scheme_name!r} cannot apply")
+        pt2e = bool(scheme) and scheme["engine"] == "pt2e"
+        if runtime == "executorch" and scheme_name != "float" and not pt2e:
+            self.report(("builds", index, "quantization"),
+                        f"executorch target {target_name!r} quantizes the torch model itself: "
+                        f"scheme {scheme_name!r} must have engine: pt2e")
+        if pt2e and runtime != "executorch":
+            self.report(("builds", index, "quantization"),
+                        f"scheme {scheme_name!r} (engine pt2e) quantizes for ExecuTorch: "
+                        f"target {target_name!r} (runtime {runtime}) cannot use it")
+        if scheme and runtime == "qnn_context_binary" and local:
             self._check_htp_precision(index, scheme_name, scheme, target_name, target, devices)
         if scheme and scheme["engine"] == "aihub" and not any(
                 d and d["backend"] == "aihub" for d in devices) and not (
@@ -218,6 +255,20 @@ class _Checker:
             if "link_options" in target and not target.get("link"):
                 self.report(("targets", name, "link_options"),
                             "link_options without link: true has no effect")
+            if "storage" in target and target["runtime"] != "ncnn":
+                self.report(("targets", name, "storage"),
+                            f"storage is how an ncnn .bin stores weights: runtime "
+                            f"{target['runtime']} has no such option")
+        for name, scheme in (data.get("quantization") or {}).items():
+            if "qat" in scheme and scheme["engine"] != "aimet":
+                self.report(("quantization", name, "qat"),
+                            f"quantization-aware training runs in AIMET: engine "
+                            f"{scheme['engine']} cannot train (use engine: aimet)")
+            if scheme["engine"] == "pt2e" and (scheme["weights"], scheme["activations"]) != (
+                    "int8", "int8"):
+                self.report(("quantization", name),
+                            "engine pt2e (ExecuTorch's XNNPACK quantizer) makes w8a8 only: "
+                            "weights: int8, activations: int8")
 
     def check_devices(self, data: dict[str, Any]) -> None:
         for name, device in (data.get("devices") or {}).items():

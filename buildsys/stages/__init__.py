@@ -29,6 +29,9 @@ STAGE_CLASSES = {
     "aihub_quantize": "buildsys.stages.aihub:AIHubQuantizeStage",
     "aihub_link": "buildsys.stages.aihub:AIHubLinkStage",
     "aihub_infer": "buildsys.stages.aihub:AIHubInferStage",
+    "tensorrt_compile": "buildsys.stages.tensorrt:TensorRTCompileStage",
+    "tensorrt_infer": "buildsys.stages.tensorrt:TensorRTInferStage",
+    "tensorrt_profile": "buildsys.stages.tensorrt:TensorRTProfileStage",
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from buildsys.errors import StageError
-from buildsys.numerics import ORT_KERNELS
+from buildsys.numerics import ORT_KERNELS, SIMD_KERNELS
 
 
 class CheckFailed(StageError):
@@ -108,6 +108,9 @@ class Stage:
     # The stage mostly waits on a remote service (AI Hub): it runs outside the local -j
     # budget, so all independent remote jobs are submitted at once and awaited together.
     remote: ClassVar[bool] = False
+    # The stage needs hardware this machine may lack (a GPU): `unavailable` says so at plan
+    # time and the stage fails there, without running (plan/hardware.py).
+    needs_hardware: ClassVar[bool] = False
     # The files every stage of this kind writes (more may be written); `outputs` may vary them
     # by parameters. Downstream stages and the planner name them through the stage class only.
     output_files: ClassVar[tuple[str, ...]] = ()
@@ -146,7 +149,7 @@ class Stage:
         """Distributions this stage imports when it runs; the planner fails a build that
         needs one that is not installed, naming the extra to install (see toolchain.py)."""
         return tuple(name for name in cls.tool_names(params)
-                     if name not in ("python", ORT_KERNELS))
+                     if name not in ("python", ORT_KERNELS, *SIMD_KERNELS))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError

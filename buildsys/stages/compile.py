@@ -1,13 +1,20 @@
 """Compile for a target runtime, locally: ORT-optimised ONNX (+ .ort), a QNN HTP context
-binary for a Snapdragon SoC, or TFLite via litert-torch."""
+binary for a Snapdragon SoC, TFLite via litert-torch, NCNN via pnnx, or an ExecuTorch program
+for XNNPACK."""
 
 from __future__ import annotations
 
 import shutil
 from typing import Any, ClassVar
 
-from buildsys.numerics import NUMERICS
-from buildsys.stages._common import RuntimeStage, example_inputs, load_torch_model
+from buildsys.numerics import NUMERICS, TENSORFLOW_KERNELS
+from buildsys.stages._common import (
+    PYTHON_TOOLS,
+    RuntimeStage,
+    example_inputs,
+    load_samples,
+    load_torch_model,
+)
 from buildsys.stages.base import StageContext
 
 
@@ -15,6 +22,13 @@ class CompileStage(RuntimeStage):
     kind: ClassVar[str] = "compile"
     # Its bytes follow the pinned kernels (buildsys/numerics.py).
     version: ClassVar[str] = f"5+{NUMERICS}"
+    runs_model: ClassVar[bool] = False
+
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        if (params.get("source") or {}).get("keras"):  # TensorFlow's converter, no torch
+            return (*PYTHON_TOOLS, "tensorflow-cpu", TENSORFLOW_KERNELS)
+        return super().tool_names(params)
 
     @classmethod
     def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
@@ -23,6 +37,10 @@ class CompileStage(RuntimeStage):
             return ("model.onnx", "model.ort") if params.get("ort_format") else ("model.onnx",)
         if runtime == "qnn_context_binary":
             return ("model_ctx.onnx", "model_ctx_qnn.bin")
+        if runtime == "ncnn":
+            return ("model.ncnn.param", "model.ncnn.bin")
+        if runtime == "executorch":
+            return ("model.pte",)
         return ("model.tflite",)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
@@ -31,6 +49,10 @@ class CompileStage(RuntimeStage):
             return self._onnx(ctx)
         if runtime == "qnn_context_binary":
             return self._qnn(ctx)
+        if runtime == "ncnn":
+            return self._ncnn(ctx)
+        if runtime == "executorch":
+            return self._executorch(ctx)
         return self._tflite(ctx)
 
     def _onnx(self, ctx: StageContext) -> dict[str, Any]:
@@ -73,12 +95,30 @@ class CompileStage(RuntimeStage):
         return {"chipset": ctx.params["chipset"], "fp16": fp16}
 
     def _tflite(self, ctx: StageContext) -> dict[str, Any]:
+        if ctx.params["source"].get("keras"):
+            from buildsys.backends.tf_keras import to_tflite
+
+            return to_tflite(ctx.input("source/keras"), ctx.output("model.tflite"))
         from buildsys.backends.tflite import convert
 
         info = convert(load_torch_model(ctx), example_inputs(ctx.params["io"]),
                        ctx.output("model.tflite"))
         return info or {}
 
+    def _ncnn(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.ncnn import convert
+
+        return convert(load_torch_model(ctx), example_inputs(ctx.params["io"]), ctx.out_dir,
+                       ctx.work_dir, fp16=ctx.params["storage"] == "fp16")
+
+    def _executorch(self, ctx: StageContext) -> dict[str, Any]:
+        from buildsys.backends.executorch import convert
+
+        scheme = ctx.params.get("scheme")
+        calibration = load_samples(ctx.input("calibration")) if scheme else None
+        return convert(load_torch_model(ctx), example_inputs(ctx.params["io"]),
+                       ctx.output("model.pte"), quantize="w8a8" if scheme else None,
+                       calibration=calibration)
 
 def precision(ctx: StageContext) -> str:
     """float or quant; "auto" (quantization: auto, mixed schemes) is read off the model."""
