@@ -283,8 +283,12 @@ def serve(modules: list[str]) -> None:
     for name in modules:
         with contextlib.suppress(Exception):  # missing or broken: the stage reports it
             __import__(name)
-    import buildsys.execute.worker  # what every child runs
-    import buildsys.stages.base  # noqa: F401
+    import buildsys.execute.worker  # noqa: F401 - what every child runs
+    from buildsys.stages import STAGE_CLASSES
+
+    for path in sorted(set(STAGE_CLASSES.values())):  # cheap: they import their work lazily
+        with contextlib.suppress(Exception):
+            __import__(path.partition(":")[0])
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     selector = selectors.DefaultSelector()
