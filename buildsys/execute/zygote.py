@@ -49,10 +49,11 @@ ENABLE_ENV = "MODELBUILD_ZYGOTE"
 # What a stage kind's requirements make worth importing once (distribution → module). Only
 # libraries that start no thread at import: onnxruntime does, so it is never preloaded.
 LIGHT: tuple[str, ...] = ()
+ARRAYS = ("numpy",)  # datasets, validation, packaging: no model library (0.5 s, not 6 s)
 ML = ("numpy", "onnx", "torch")
 AIMET = (*ML, "aimet_torch", "aimet_torch.quantsim")
-ML_DISTRIBUTIONS = {"numpy", "torch", "onnx", "onnxruntime", "onnxruntime-qnn", "pillow",
-                    "scikit-image"}
+ARRAY_DISTRIBUTIONS = {"numpy", "pillow", "scikit-image"}
+ML_DISTRIBUTIONS = {"torch", "onnx", "onnxruntime", "onnxruntime-qnn"}
 
 
 def enabled() -> bool:
@@ -64,7 +65,9 @@ def preload_for(requirements: Iterable[str]) -> tuple[str, ...]:
     needed = set(requirements)
     if "aimet-torch" in needed:
         return AIMET
-    return ML if needed & ML_DISTRIBUTIONS else LIGHT
+    if needed & ML_DISTRIBUTIONS:
+        return ML
+    return ARRAYS if needed & ARRAY_DISTRIBUTIONS else LIGHT
 
 
 def worker_env(threads: int) -> dict[str, str]:
