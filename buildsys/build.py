@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,8 +170,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     if options.plan_cache is not None:
         options.plan_cache.discard()  # this build may change what the stamp describes
     store = open_store(recipe, options.cache_dir)
-    pool = None
-    stamp = None
+    stamp: Callable[[], bool] | None = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
         attach_remote(store, options)
@@ -231,14 +232,26 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
                 print(store.remote.summary_line(), file=sys.stderr)
         ok = bool(report["ok"]) and not errors
         if ok and options.plan_cache is not None:
-            stamp = (options.plan_cache, plan, outcomes)
+            stamp = _noop_stamp(options.plan_cache, recipe, plan, store, outcomes)
         return 0 if ok else 1
     finally:
         if pool is not None:
             pool.close()
         store.close()
-        if stamp is not None:  # after close: the index files are as the next run finds them
-            save_after_build(stamp[0], recipe, stamp[1], store, stamp[2])
+        if stamp is not None:  # after close: the store as the next run finds it
+            stamp()
+
+
+def _noop_stamp(cache: PlanCache, recipe: Recipe, plan: Plan, store: Store,
+                outcomes: dict[str, Outcome]) -> Callable[[], bool]:
+    """Stamp this build for the next run's instant no-op (plan/plan_cache.py), with what a
+    no-op prints about devices, and the report page (a missing one the full path writes)."""
+    from buildsys.report import RELEASE_STAGE, page_path
+
+    kinds = {s: plan.stages[s].node.kind for s in outcomes}
+    pages = [page_path(recipe)] if RELEASE_STAGE in outcomes else []
+    return functools.partial(save_after_build, cache, recipe, plan, store, outcomes,
+                             devices=device_summary(outcomes, kinds), extra_outputs=pages)
 
 
 def release_page(recipe: Recipe, store: Store, report: dict[str, object],
