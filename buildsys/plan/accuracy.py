@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.plan.node import FileRef, InputRef, OutputRef
-from buildsys.plan.sources import module_files
+from buildsys.plan.sources import code_inputs
 
 if TYPE_CHECKING:
     from buildsys.plan.pipeline import PipelineBuilder
@@ -26,15 +26,8 @@ def label_inputs(spec: dict[str, Any], project: Path) -> tuple[dict[str, Any],
         if key in labels:
             labels[key] = True
     if "python" in labels:
-        for path in module_files(str(labels["python"]).partition(":")[0], project):
-            inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+        inputs.update(code_inputs(str(labels["python"]), project))
     return labels, inputs
-
-
-def _code_name(path: Path, project: Path) -> str:
-    from buildsys.plan.pipeline import _code_name as name
-
-    return name(path, project)
 
 
 def validation_labels(builder: PipelineBuilder, samples_id: str, params: dict[str, Any]

@@ -8,12 +8,11 @@ variant of a model reads the same export, every device with the same chipset the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from buildsys.plan import accuracy
 from buildsys.plan.node import FileRef, InputRef, OutputRef, StageNode
-from buildsys.plan.sources import module_files
+from buildsys.plan.sources import code_inputs
 from buildsys.recipe.load import Recipe
 from buildsys.recipe.matrix import Variant
 from buildsys.recipe.model_source import SOURCE_FILE_KEYS, input_name, is_torch
@@ -73,9 +72,7 @@ class PipelineBuilder:
             else:
                 params[key] = value
         if "python" in source:
-            module = source["python"].partition(":")[0]
-            for path in module_files(module, project):
-                inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+            inputs.update(code_inputs(source["python"], project))
         return params, inputs
 
     def is_torch(self, name: str) -> bool:
@@ -92,8 +89,7 @@ class PipelineBuilder:
         params = {"spec": {k: v for k, v in spec.items() if k not in ("images", "npz", "npy")},
                   "split": split, "count": count, "io": self.io_spec(model)}
         if "python" in spec:
-            for path in module_files(spec["python"].partition(":")[0], project):
-                inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+            inputs.update(code_inputs(spec["python"], project))
         if spec.get("labels") and split == "validation":
             params["spec"]["labels"], label_refs = accuracy.label_inputs(spec, project)
             inputs.update(label_refs)
@@ -173,10 +169,7 @@ class PipelineBuilder:
         """QAT: the train callable's module files, and the validation split of the scheme's
         dataset when it has one (the callable gets every split the dataset declares)."""
         project = self.recipe.project_dir
-        module = scheme["qat"]["train"].partition(":")[0]
-        inputs: dict[str, InputRef] = {
-            f"code/{_code_name(path, project)}": FileRef(path)
-            for path in module_files(module, project)}
+        inputs: dict[str, InputRef] = {**code_inputs(scheme["qat"]["train"], project)}
         if self.recipe.section("datasets")[scheme["calibration"]].get("validation"):
             inputs["qat/validation"] = self.output(
                 self.dataset(scheme["calibration"], "validation", model, None))
@@ -335,15 +328,6 @@ class PipelineBuilder:
 
 def _aihub_device(device: dict[str, Any]) -> dict[str, Any]:
     return {k: device[k] for k in ("name", "attributes", "chipset") if device.get(k)}
-
-
-def _code_name(path: Path, project: Path) -> str:
-    """A stable, machine-independent name for a source file (no absolute paths in keys)."""
-    try:
-        return path.resolve().relative_to(project.resolve()).as_posix()
-    except ValueError:
-        parts = path.resolve().parts
-        return "/".join(parts[-3:])
 
 
 def pipeline_nodes(recipe: Recipe) -> list[StageNode]:

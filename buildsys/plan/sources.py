@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from buildsys.errors import RecipeError
+from buildsys.plan.node import FileRef
 
 # module, project → (its files, their stat fingerprints): one plan asks for the same module
 # once per variant and stage (FFNet: 36 times), and finding it walks sys.path every time.
@@ -102,3 +103,19 @@ def _parsed_imports(path: Path, name: str, is_package: bool,
             found.append(base)
             found.extend(f"{base}.{alias.name}" for alias in node.names)
     return tuple(found)
+
+
+def code_inputs(entry_point: str, project: Path) -> dict[str, FileRef]:
+    """The project files of `module:callable`'s module (and what it imports from the
+    project), as stage inputs named `code/<path>`: editing one re-runs the stage."""
+    return {f"code/{code_name(path, project)}": FileRef(path)
+            for path in module_files(entry_point.partition(":")[0], project)}
+
+
+def code_name(path: Path, project: Path) -> str:
+    """A stable, machine-independent name for a source file (no absolute paths in keys)."""
+    try:
+        return path.resolve().relative_to(project.resolve()).as_posix()
+    except ValueError:
+        parts = path.resolve().parts
+        return "/".join(parts[-3:])
