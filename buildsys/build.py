@@ -170,6 +170,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     if options.plan_cache is not None:
         options.plan_cache.discard()  # this build may change what the stamp describes
     store = open_store(recipe, options.cache_dir)
+    pool = None
     stamp: Callable[[], bool] | None = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
