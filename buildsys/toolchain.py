@@ -34,6 +34,7 @@ EXTRA_FOR: dict[str, str] = {
     "ai-edge-litert": "tflite",
     "matplotlib": "report",
     "jinja2": "report",
+    "distributed": "dask",  # not a stage's tool: what --scheduler and --workers need
 }
 
 

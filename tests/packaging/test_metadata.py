@@ -19,7 +19,7 @@ from buildsys.toolchain import EXTRA_FOR
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
-TOOLCHAIN_EXTRAS = {"onnx", "torch", "qualcomm", "tflite", "report"}
+TOOLCHAIN_EXTRAS = {"onnx", "torch", "qualcomm", "tflite", "report", "dask"}
 
 
 def _name(requirement: str) -> str:
