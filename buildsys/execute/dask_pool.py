@@ -34,6 +34,7 @@ SCHEDULER_ENV = "MODELBUILD_SCHEDULER"
 WORKERS_TIMEOUT_S = 60  # for a first worker to join (a batch queue may take a while)
 RETRIES = 2  # for tasks that raised; a dead worker is the scheduler's allowed-failures
 KILL_TIMEOUT_S = 10
+WAIT_STEP_S = 0.5
 NOTES_EVERY_S = 1.0
 
 
@@ -58,6 +59,7 @@ class DaskPool:
         self._notes: dict[str, str] = {}
         self._notes_at = 0.0
         self._capacity = 1
+        self._cancelled = False
 
     # --- getting a cluster --------------------------------------------------------------------
     @classmethod
@@ -140,7 +142,12 @@ class DaskPool:
                                         workers=workers, retries=RETRIES, pure=False)
             with self._lock:
                 self._futures[key] = future
-            return StageResult.from_dict(future.result())
+            while True:  # in steps: Ctrl-C must not wait on a scheduler that is gone
+                try:
+                    return StageResult.from_dict(future.result(timeout=WAIT_STEP_S))
+                except TimeoutError:
+                    if self._cancelled:
+                        raise CancelledError from None
         except KilledWorker as exc:
             return StageResult(False, error=f"{job.stage_id}: every worker that ran it died "
                                f"({_short(exc)}); not retried again (the scheduler's "
@@ -191,6 +198,7 @@ class DaskPool:
 
     def cancel_all(self) -> None:
         """Ctrl-C: cancel this build's tasks and end the stage processes they started."""
+        self._cancelled = True
         with self._lock:
             futures, keys = list(self._futures.values()), list(self._futures)
         if not futures:

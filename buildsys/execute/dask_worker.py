@@ -50,6 +50,7 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
     job = StageJob.from_dict(job_data)
     root = os.environ.get(WORKER_CACHE_ENV) or str(Path(worker.local_directory) / "modelbuild")
     store = Store(Path(root))
+    store.sweep_tmp()  # scratch directories of stage processes whose worker was killed
     # A fresh remote per stage: one that failed once is not used again by the same tier,
     # and a worker lives for many builds.
     remote = RemoteTier.open(remote_url, writable=True)
