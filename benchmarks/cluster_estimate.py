@@ -27,6 +27,7 @@ from typing import Any
 from buildsys.plan.node import StageNode
 from buildsys.plan.pipeline import pipeline_nodes
 from buildsys.recipe.load import Recipe, load_recipe
+from buildsys.stages import stage_class
 
 
 def model_macs(recipe: Recipe, model: str) -> int:
@@ -149,6 +150,9 @@ def main() -> None:
     args = parser.parse_args()
     recipe = load_recipe(args.recipe, groups=frozenset(args.group))
     nodes = pipeline_nodes(recipe)
+    consumed = {up for node in nodes for up in node.upstream()}
+    # What a default build leaves out: stages run only on demand that nothing consumes.
+    nodes = [n for n in nodes if n.id in consumed or not stage_class(n.kind).on_demand]
     report = json.loads(args.measured.read_text())
     measured = {s["id"]: float(s["duration_s"]) for s in report["stages"]
                 if s.get("status") == "built" and s.get("duration_s") is not None}

@@ -14,6 +14,7 @@ from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
 from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
+from buildsys.plan.plan_cache import PlanCache, save_after_build
 from buildsys.plan.planner import Plan, make_plan_with_remote
 from buildsys.plan.remote import remote_stage_ids, switched_off
 from buildsys.plan.requirements import check_toolchains
@@ -48,6 +49,8 @@ class BuildOptions:
     summary: Path | None = None  # write the release table (Markdown) here
     scheduler: str | None = None  # a Dask scheduler's address (else $MODELBUILD_SCHEDULER)
     workers: int = 0  # start a LocalCluster of this many single-threaded workers
+    # The no-op stamp to refresh after this build (plan/plan_cache.py); None: leave it.
+    plan_cache: PlanCache | None = None
 
 
 def open_store(recipe: Recipe, cache_dir: str | None) -> Store:
@@ -158,8 +161,11 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     from buildsys.execute.progress import make_progress
 
     started = time.monotonic()
+    if options.plan_cache is not None:
+        options.plan_cache.discard()  # this build may change what the stamp describes
     store = open_store(recipe, options.cache_dir)
     pool = None
+    stamp = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
         attach_remote(store, options)
@@ -219,11 +225,16 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
             if store.remote is not None and (store.remote.stats.requests
                                              or store.remote.failure):
                 print(store.remote.summary_line(), file=sys.stderr)
-        return 0 if report["ok"] and not errors else 1
+        ok = bool(report["ok"]) and not errors
+        if ok and options.plan_cache is not None:
+            stamp = (options.plan_cache, plan, outcomes)
+        return 0 if ok else 1
     finally:
         if pool is not None:
             pool.close()
         store.close()
+        if stamp is not None:  # after close: the index files are as the next run finds them
+            save_after_build(stamp[0], recipe, stamp[1], store, stamp[2])
 
 
 def release_page(recipe: Recipe, store: Store, report: dict[str, object],

@@ -6,13 +6,19 @@ Only cheap modules are imported here: a no-op rebuild must not import torch or o
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildsys.errors import Interrupted, ModelbuildError, RecipeError, UsageError
+
+if TYPE_CHECKING:
+    from buildsys.plan.plan_cache import PlanCache
 
 SUBCOMMANDS = {"validate", "graph", "cache", "devices", "report"}
 
@@ -24,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Other commands: modelbuild validate RECIPE | graph RECIPE | "
                "cache info|verify|gc|push | devices | report RECIPE",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("recipe", type=Path, help="recipe YAML file")
     parser.add_argument("patterns", nargs="*", help="build only matching stages (glob over "
                         "stage ids, e.g. 'ffnet_40s/w8a8/*') and what they need")
@@ -72,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """--version, with the version read only when asked (reading distribution metadata costs
+    a no-op build more than the rest of its answer)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.exit(message=f"{parser.prog} {_version()}\n")
+
+
 def _version() -> str:
     """The installed distribution's version (one source of truth: pyproject.toml)."""
     from importlib import metadata
@@ -115,6 +132,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    plan_cache = _noop_stamp(args)
+    if plan_cache is not None:
+        answer = plan_cache.answer()
+        if answer is not None:  # nothing the plan read has changed: nothing to do
+            if not args.quiet:
+                if answer.get("devices"):
+                    print(answer["devices"], file=sys.stderr)
+                print(f"{answer['summary']} in {time.monotonic() - started:.1f} s",
+                      file=sys.stderr)
+            return 0
+        if os.environ.get("MODELBUILD_EXPLAIN_NOOP"):
+            print(f"plan cache: planning fully: {plan_cache.miss}", file=sys.stderr)
+
     from buildsys.build import (
         BuildOptions,
         attach_remote,
@@ -134,6 +165,7 @@ def _build(args: argparse.Namespace) -> int:
         remote_required=args.remote_required, summary=args.summary,
         run_under=shlex.split(args.run_under) if args.run_under else [],
         scheduler=args.scheduler, workers=args.workers,
+        plan_cache=plan_cache,
     )
     if args.workers < 0:
         raise UsageError("--workers must be ≥ 1")
@@ -161,3 +193,19 @@ def _build(args: argparse.Namespace) -> int:
                 print(f"warning: {stage_id}: {why}", file=sys.stderr)
         return 0
     return run_build(recipe, options)
+
+
+def _noop_stamp(args: argparse.Namespace) -> PlanCache | None:
+    """The plan cache for a plain build; None when an option needs the full plan (it
+    compares, forces, reports, prints every stage, or talks to a remote cache)."""
+    if args.plan or args.explain or args.check or args.force or args.report or args.summary \
+            or args.verbose or args.run_under or args.remote_required or args.jobs < 0:
+        return None
+    if os.environ.get("MODELBUILD_PLAN_CACHE", "").strip() == "0":  # always plan fully
+        return None
+    if not args.no_remote and (args.remote or os.environ.get("MODELBUILD_REMOTE", "").strip()):
+        return None
+    from buildsys.plan.plan_cache import PlanCache, cli_options
+
+    return PlanCache(args.recipe, cli_options(args.patterns, args.group, args.offline,
+                                              args.cache_dir))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import ModelbuildError
+from buildsys.execute import zygote
 from buildsys.execute.pool import StageJob, StageResult
 from buildsys.execute.worker import COORDINATOR_ENV, STATUS_FILE
 from buildsys.store.record import OutputEntry, StageRecord
@@ -37,6 +38,9 @@ class LocalPoolOptions:
     run_under: list[str] = field(default_factory=list)
     cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                            if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    # (kind, params) of the stages planned to run: warm workers (execute/zygote.py) preload
+    # their libraries. None: every stage starts a fresh interpreter.
+    warm: list[tuple[str, dict[str, Any]]] | None = None
 
 
 class LocalProcessPool:
@@ -49,6 +53,10 @@ class LocalProcessPool:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._scratches: dict[str, Path] = {}  # running stage → its scratch directory
+        # Warm workers: started when the first stage runs (not under --run-under: the
+        # emulator must start the interpreter itself).
+        self._zygotes = None if options.inline or options.run_under or options.warm is None \
+            or not zygote.enabled() else zygote.ZygotePool(options.warm)
 
     def capacity(self) -> int:
         return max(1, self.options.jobs)
@@ -79,7 +87,8 @@ class LocalProcessPool:
         self._kill_all()
 
     def close(self) -> None:
-        pass
+        if self._zygotes is not None:
+            self._zygotes.close()
 
     @staticmethod
     def worker_name(slot: int | None) -> str:
@@ -166,6 +175,17 @@ class LocalProcessPool:
     def _spawn(self, stage_id: str, scratch: Path, timeout: float | None) -> tuple[int, bool]:
         if self.options.inline:
             return _run_inline(scratch), False
+        if self._zygotes is not None:  # a child forked from a warm zygote
+            def started(pid: int) -> None:
+                with self._lock:
+                    self._processes[stage_id] = zygote.ChildProcess(pid)  # type: ignore[assignment]
+            try:
+                return self._zygotes.run(scratch, scratch / "log.txt", timeout, started)
+            except zygote.ZygoteGone:
+                pass  # no zygote can take it: a fresh interpreter, as below
+            finally:
+                with self._lock:
+                    self._processes.pop(stage_id, None)
         # The worker watches for this pid: it ends (with its commands) if we are killed.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", COORDINATOR_ENV: str(os.getpid())}
         with open(scratch / "log.txt", "wb") as log:

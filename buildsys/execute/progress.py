@@ -63,19 +63,49 @@ class PlainProgress:
 
 
 class LiveProgress(PlainProgress):
-    """A rich live display: finished stages scroll above, running ones tick below."""
+    """A rich live display: finished stages scroll above, running ones tick below.
+
+    Every write to the terminal — a finished stage's line, a redraw of the running rows, a
+    warning passing through rich's stderr redirect — renders and writes under one lock. rich
+    renders into a per-thread buffer and writes it later, so a redraw by its own refresh
+    thread could land after a line printed meanwhile, moving the cursor up by the old
+    display's height: that erased finished lines and left a stale running row behind. Here no
+    rich thread runs; a ticker of ours redraws under the same lock as every print.
+    """
+
+    TICK_S = 0.25
 
     def __init__(self, total: int, stream: TextIO = sys.stderr, **kwargs: Any) -> None:
         super().__init__(total, stream, **kwargs)
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(file=stream)
+        class AtomicConsole(Console):
+            """print = render + write, never interleaved with another thread's."""
+
+            output_lock = threading.RLock()
+
+            def print(self, *args: Any, **kw: Any) -> None:
+                with self.output_lock:
+                    super().print(*args, **kw)
+
+        self.console = AtomicConsole(file=stream)
+        self._lock = self.console.output_lock  # type: ignore[assignment]
         self.running: dict[str, float] = {}
         self.notes: dict[str, str] = {}
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4,
-                         transient=True, get_renderable=self._render)
-        self.live.start()
+        self.live = Live(console=self.console, auto_refresh=False, transient=True,
+                         get_renderable=self._render)
+        self._stopped = threading.Event()
+        with self._lock:
+            self.live.start()
+        self._ticker = threading.Thread(target=self._tick, name="live-display", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.TICK_S):
+            with self._lock:
+                if not self._stopped.is_set():
+                    self.live.refresh()
 
     def _render(self) -> Any:
         from rich.table import Table
@@ -83,15 +113,26 @@ class LiveProgress(PlainProgress):
 
         table = Table.grid(padding=(0, 1))
         now = time.monotonic()
+        # One terminal line per row (never wrapped), and never taller than the terminal: a
+        # display that scrolls cannot be erased and redrawn in place.
+        room = max(1, self.console.size.height - 2)
+        rows = []
         for stage_id, started in sorted(self.running.items()):
             # Text cells, not markup: a line printed with markup off redraws this table too.
-            table.add_row(Text("⠿", style="cyan"), Text(stage_id),
-                          Text(f"{now - started:5.0f} s", style="dim"),
-                          Text(self.notes.get(stage_id, ""), style="dim"))
+            rows.append((Text("⠿", style="cyan"), Text(stage_id),
+                         Text(f"{now - started:5.0f} s", style="dim"),
+                         Text(self.notes.get(stage_id, ""), style="dim")))
         for name, note in sorted(self.notes.items()):  # not a stage: e.g. the remote cache
             if name not in self.running:
-                table.add_row(Text("⇅", style="cyan"), Text(name), Text(""),
-                              Text(note, style="dim"))
+                rows.append((Text("⇅", style="cyan"), Text(name), Text(""),
+                             Text(note, style="dim")))
+        if len(rows) > room:
+            rows = [*rows[:room - 1], (Text(""), Text(f"… {len(rows) - room + 1} more",
+                                                       style="dim"), Text(""), Text(""))]
+        for row in rows:
+            for cell in row:
+                cell.no_wrap, cell.overflow = True, "ellipsis"
+            table.add_row(*row)
         table.add_row("", Text(f"{self.done}/{self.total} stages settled", style="dim"), "", "")
         return table
 
@@ -100,22 +141,28 @@ class LiveProgress(PlainProgress):
             self.console.print(line, markup=False, highlight=False)
 
     def started(self, stage_id: str, reason: str) -> None:
-        self.running[stage_id] = time.monotonic()
-        if self.verbose:
-            self._write(f"run  {stage_id}  ({reason})")
+        with self._lock:
+            self.running[stage_id] = time.monotonic()
+            if self.verbose:
+                self._write(f"run  {stage_id}  ({reason})")
 
     def note(self, stage_id: str, text: str) -> None:
-        self.notes[stage_id] = text  # shown in the stage's live row
-        if self.verbose:
-            super().note(stage_id, text)
+        with self._lock:
+            self.notes[stage_id] = text  # shown in the stage's live row
+            if self.verbose:
+                super().note(stage_id, text)
 
     def finished(self, outcome: Outcome) -> None:
-        self.running.pop(outcome.stage_id, None)
-        self.notes.pop(outcome.stage_id, None)
-        super().finished(outcome)
+        with self._lock:
+            self.running.pop(outcome.stage_id, None)
+            self.notes.pop(outcome.stage_id, None)
+            super().finished(outcome)  # a printed line redraws the rows; else the ticker
 
     def close(self) -> None:
-        self.live.stop()
+        with self._lock:
+            self._stopped.set()
+            self.live.stop()
+        self._ticker.join()
 
 
 def make_progress(total: int, *, quiet: bool, verbose: bool) -> PlainProgress:

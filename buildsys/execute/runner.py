@@ -104,9 +104,12 @@ class Executor:
         self.store = store
         self.options = options
         self.progress = progress
+        self._owns_pool = pool is None
         self.pool: WorkerPool = pool or LocalProcessPool(store, LocalPoolOptions(
             jobs=options.jobs, inline=options.inline, run_under=options.run_under,
-            cpu_count=options.cpu_count))
+            cpu_count=options.cpu_count,
+            warm=[(p.node.kind, p.node.params) for p in plan.stages.values()
+                  if p.status == RUN]))
         self.outcomes: dict[str, Outcome] = {}
         self._lock = threading.Lock()
         self._free_slots = list(range(self.pool.capacity()))
@@ -124,6 +127,13 @@ class Executor:
 
     # --- scheduling -------------------------------------------------------------------------
     def run(self) -> dict[str, Outcome]:
+        try:
+            return self._run()
+        finally:
+            if self._owns_pool:  # a pool given to us is closed by whoever opened it
+                self.pool.close()
+
+    def _run(self) -> dict[str, Outcome]:
         graph = self.plan.graph
         waiting = {s: set(graph.predecessors(s)) for s in self.plan.order}
         ready = [s for s in self.plan.order if not waiting[s]]

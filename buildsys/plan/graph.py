@@ -40,11 +40,28 @@ def matches(stage_id: str, pattern: str) -> bool:
                for n in range(1, len(parts) + 1))
 
 
+def _on_demand(graph: nx.DiGraph, stage_id: str) -> bool:
+    from buildsys.stages import stage_class
+
+    return stage_class(graph.nodes[stage_id]["node"].kind).on_demand
+
+
+def _names(pattern: str, stage_id: str) -> bool:
+    """The pattern asks for this very stage: it matches the whole id and its last part has
+    no wildcard ('*/capture', 'tiny/capture'; not 'tiny/*')."""
+    last = pattern.rsplit("/", 1)[-1]
+    return fnmatch.fnmatchcase(stage_id, pattern) and not any(c in last for c in "*?[")
+
+
 def select(graph: nx.DiGraph, patterns: list[str]) -> nx.DiGraph:
-    """The stages matching any pattern plus everything they need."""
+    """The stages matching any pattern plus everything they need. Stages of on-demand kinds
+    (capture) only when a pattern names them or a chosen stage needs them."""
     if not patterns:
-        return graph
-    chosen = {s for s in graph.nodes if any(matches(s, p) for p in patterns)}
+        unasked = {s for s in graph.nodes
+                   if graph.out_degree(s) == 0 and _on_demand(graph, s)}
+        return graph.subgraph(set(graph.nodes) - unasked).copy() if unasked else graph
+    chosen = {s for s in graph.nodes if any(matches(s, p) for p in patterns)
+              and (not _on_demand(graph, s) or any(_names(p, s) for p in patterns))}
     if not chosen:
         raise RecipeError([f"no stage matches {', '.join(patterns)}; "
                            f"stages look like: {', '.join(sorted(graph.nodes)[:5])}, …"])

@@ -166,7 +166,12 @@ def make_plan(graph: nx.DiGraph, store: Store, force: list[str] | None = None,
         if digests is None:
             pending = sorted(u for u in graph.predecessors(stage_id)
                              if plan.stages[u].status == RUN)
-            reason = "forced" if forced else f"input changed: {pending[0]} runs first"
+            if forced:
+                reason = "forced"
+            elif store.machine.last_key(stage_id) is None:  # never built here: nothing changed
+                reason = "new"
+            else:
+                reason = f"input changed: {pending[0]} runs first"
             plan.stages[stage_id] = PlannedStage(node, RUN, reason, forced=forced)
             continue
         parts = ingredients(node, digests, upstream_keys(node, records))

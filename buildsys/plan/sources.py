@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from buildsys.errors import RecipeError
@@ -42,10 +44,23 @@ def module_files(module: str, project_dir: Path) -> list[Path]:
 
 
 def _imports(path: Path, name: str, is_package: object) -> list[str]:
+    # One plan asks for the same modules once per variant and stage (FFNet: 36 times): each
+    # file is parsed once per version of it (its stat fingerprint), not once per question.
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return list(_parsed_imports(path, name, bool(is_package),
+                                (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)))
+
+
+@lru_cache(maxsize=1024)
+def _parsed_imports(path: Path, name: str, is_package: bool,
+                    _fingerprint: tuple[int, int, int, int]) -> tuple[str, ...]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError):
-        return []
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return ()
     package = name if is_package else name.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
@@ -59,4 +74,4 @@ def _imports(path: Path, name: str, is_package: object) -> list[str]:
                 base = f"{parent}.{base}" if base else parent
             found.append(base)
             found.extend(f"{base}.{alias.name}" for alias in node.names)
-    return found
+    return tuple(found)

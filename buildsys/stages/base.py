@@ -100,6 +100,9 @@ class Stage:
     tools: ClassVar[tuple[str, ...]] = ()
     # Threads this stage can use well; the executor caps it by its per-worker budget.
     max_threads: ClassVar[int] = 1
+    # Built only when asked for: a stage that consumes its outputs, or a pattern naming it
+    # (its last part without wildcards, e.g. '*/capture'); a default build leaves it out.
+    on_demand: ClassVar[bool] = False
     # Packaging records which stage keys made its inputs; those keys then enter its own key.
     wants_upstream_keys: ClassVar[bool] = False
     # The stage mostly waits on a remote service (AI Hub): it runs outside the local -j

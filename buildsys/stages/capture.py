@@ -19,6 +19,8 @@ class CaptureStage(Stage):
     output_files: ClassVar[tuple[str, ...]] = ("model.pt2",)
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, "torch")
     max_threads: ClassVar[int] = 2
+    # No local stage reads the .pt2 (export traces the model itself): built on request only.
+    on_demand: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from buildsys.backends.torch_models import capture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import warnings
@@ -73,9 +74,19 @@ def _unseal(raw: Any) -> tuple[str, Any]:
         return DAMAGED, None
 
 
+GENERATION_FILE = "generation"
+
+
 class Index:
     def __init__(self, root: Path) -> None:
         self.path = root / "index"
+        # A fresh random token whenever a record is written or removed or the database is
+        # replaced: the plan cache (plan/plan_cache.py) trusts a stamp only while the token
+        # it saw is still there. (The database's own mtime moves on every checkpoint.)
+        self.generation_path = self.path / GENERATION_FILE
+        self._generation_lock = threading.Lock()
+        self._token = self._read_generation()  # the last token this process saw or wrote
+        self.foreign_changes = False  # another process changed records while we had it open
         self.damage: list[str] = []  # what was found damaged (and replaced) in this process
         self._guard = threading.Lock()
         self._cache = self._open()
@@ -107,7 +118,9 @@ class Index:
                    f"index (stages will run again)")
         self.damage.append(message)
         warnings.warn(message, stacklevel=3)
-        return self._connect()
+        cache = self._connect()
+        self.bump_generation()
+        return cache
 
     def _recover(self, exc: Exception, damaged: Any) -> None:
         """Replace the damaged database (once, whichever thread notices first)."""
@@ -184,10 +197,42 @@ class Index:
         return None
 
     def put_record(self, stage_key: str, record: StageRecord) -> None:
+        self.bump_generation()  # first: a reader never pairs the old token with new records
         self._set(RECORD + stage_key, record)
 
     def delete_record(self, stage_key: str) -> None:
+        self.bump_generation()
         self._delete(RECORD + stage_key)
+
+    def _read_generation(self) -> str | None:
+        try:
+            return self.generation_path.read_text()
+        except OSError:
+            return None
+
+    def bump_generation(self) -> str:
+        with self._generation_lock:  # stage threads store records at once
+            if self._read_generation() != self._token:
+                self.foreign_changes = True
+            token = os.urandom(16).hex()
+            tmp = self.generation_path.with_name(f".{GENERATION_FILE}.{os.getpid()}")
+            try:
+                tmp.write_text(token)
+                os.replace(tmp, self.generation_path)
+            except OSError as exc:
+                raise StoreError(f"cannot write to the cache index {self.path}: {exc}") \
+                    from exc
+            self._token = token
+            return token
+
+    def generation(self) -> str | None:
+        """The token that describes the records as this process left them; None when
+        another process changed records meanwhile (then this process cannot vouch for
+        them)."""
+        current = self._read_generation()
+        if current is None and self._token is None:
+            return self.bump_generation()
+        return current if current == self._token and not self.foreign_changes else None
 
     def records(self) -> dict[str, StageRecord]:
         out = {}
@@ -235,6 +280,8 @@ class Index:
                     value, key[len(RECORD):]) is not None:
                 state = DAMAGED
             if state != INTACT:
+                if key.startswith(RECORD):
+                    self.bump_generation()
                 self._delete(key)  # a legacy entry is dropped quietly: it was not damage
             if state == DAMAGED:
                 problems.append(f"damaged index entry {key[:60]} (removed)")

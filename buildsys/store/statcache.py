@@ -24,6 +24,9 @@ class StatCache:
     def __init__(self, index: Index) -> None:
         self.index = index
         self._memo: dict[str, str] = {}
+        # The fingerprint each snapshot digest was taken at: what a plan read, for the plan
+        # cache (a file edited after it was hashed must not be stamped as seen).
+        self.snapshot_fingerprints: dict[str, list[int]] = {}
 
     def digest(self, path: Path, *, snapshot: bool = True) -> str:
         """The file's content digest.
@@ -47,6 +50,7 @@ class StatCache:
             self.index.set_stat(key, {"fingerprint": fingerprint, "digest": digest})
         if snapshot:
             self._memo[key] = digest
+            self.snapshot_fingerprints[key] = fingerprint
         return digest
 
     def vouch(self, path: Path, digest: str) -> None:

@@ -78,19 +78,26 @@ def test_a_running_stage_status_reaches_the_progress_output(project: Project) ->
     assert sorted(p.name for p in (project.root / "build/status/steps/slow").iterdir()) == ["s.txt"]
 
 
-def _run_on_a_terminal(project: Project, *args: str) -> str:
-    """Run modelbuild with a pseudo-terminal as stderr (the live display) and return what it
-    drew, escape sequences and all."""
+def _run_on_a_terminal(project: Project, *args: str, size: tuple[int, int] = (160, 40)
+                       ) -> str:
+    """Run modelbuild with a pseudo-terminal of `size` (columns, rows) as stderr (the live
+    display) and return what it drew, escape sequences and all."""
+    import fcntl
     import os
     import pty
     import select
+    import struct
     import subprocess
+    import termios
     import time
 
     from tests.conftest import REPO
 
     leader, follower = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160", "TERM": "xterm"}
+    columns, rows = size
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": str(columns),
+           "LINES": str(rows), "TERM": "xterm"}
     proc = subprocess.Popen([PY, "-m", "buildsys", *args], cwd=project.root, env=env,
                             stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
     os.close(follower)
@@ -122,3 +129,40 @@ def test_the_live_display_shows_the_status_on_the_stage_row(project: Project) ->
     assert "step 2 of 3 [see log]" in drawn  # shown verbatim, brackets and all
     assert "[cyan]" not in drawn and "[dim]" not in drawn  # never markup drawn as text
     assert "built" in drawn and "steps/slow" in drawn
+
+
+def _as_seen_on_the_terminal(drawn: str, size: tuple[int, int]) -> list[str]:
+    """What a terminal of `size` shows after receiving `drawn` — its scrollback and then its
+    screen — as text lines: cursor moves and erasures applied, as a user would read it."""
+    import pyte
+
+    columns, rows = size
+    screen = pyte.HistoryScreen(columns, rows, history=100_000)
+    screen.set_mode(pyte.modes.LNM)  # a pty turns "\n" into "\r\n"
+    pyte.Stream(screen).feed(drawn)
+    scrolled = ["".join(line[x].data for x in range(columns)).rstrip()
+                for line in screen.history.top]
+    return scrolled + [line.rstrip() for line in screen.display]
+
+
+def test_the_live_display_shows_every_finished_stage_exactly_once(project: Project) -> None:
+    """Stages finishing in bursts while the running rows redraw four times a second: every
+    stage's final line must be on the terminal once (none erased by a redraw, none doubled)
+    and no running row may be left behind in the scrollback."""
+    steps = "".join(f"""\
+  stage_with_a_long_name_{i:02d}:
+    cmd: ["{PY}", "-c", "import time; time.sleep({(i * 7) % 5 / 10}); open('o{i}', 'w')"]
+    outs: [o{i}]
+""" for i in range(30))
+    project.write("recipe.yaml", f"recipe: burst\nsteps:\n{steps}")
+    size = (72, 12)  # narrow and short: final lines wrap, the display fills the screen
+    lines = _as_seen_on_the_terminal(_run_on_a_terminal(project, "recipe.yaml", "-j", "3",
+                                                        size=size), size)
+    text = "\n".join(lines)
+    for i in range(30):
+        stage = f"steps/stage_with_a_long_name_{i:02d}"
+        assert text.count(stage) == 1, f"{stage} shown {text.count(stage)} times:\n{text}"
+    finals = [line for line in lines if line.startswith("[") and "✓ built" in line]
+    assert sorted(int(line[1:line.index("/")]) for line in finals) == list(range(1, 31))
+    assert "⠿" not in text and "stages settled" not in text, text  # no stale live rows
+    assert "30 built, 0 cached, 0 failed, 0 skipped" in text
