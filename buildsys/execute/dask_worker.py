@@ -82,6 +82,7 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
     finally:
         with _running_lock:
             _running.pop(task_key, None)
+        pool.close()
         store.close()
 
 
