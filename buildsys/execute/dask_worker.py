@@ -19,6 +19,7 @@ from typing import Any
 
 from buildsys.execute.local_pool import LocalPoolOptions, LocalProcessPool
 from buildsys.execute.pool import StageJob, make_record
+from buildsys.execute.zygote import ZygotePool
 
 WORKER_CACHE_ENV = "MODELBUILD_WORKER_CACHE_DIR"
 
@@ -26,6 +27,9 @@ WORKER_CACHE_ENV = "MODELBUILD_WORKER_CACHE_DIR"
 # coordinator ends their child processes through `kill_stages`.
 _running: dict[str, LocalProcessPool] = {}
 _running_lock = threading.Lock()
+# Warm workers (zygote.py) for the worker process's lifetime: a cluster worker runs many
+# stages of many builds, and each would otherwise pay `import torch` again. They end with it.
+_zygotes: ZygotePool | None = None
 
 
 class RemoteFailed(RuntimeError):
@@ -56,8 +60,12 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
     remote = RemoteTier.open(remote_url, writable=True)
     store.attach_remote(remote)
     nthreads = worker.state.nthreads
-    pool = LocalProcessPool(store, LocalPoolOptions(jobs=nthreads, cpu_count=os.cpu_count() or 1))
+    global _zygotes
     with _running_lock:
+        if _zygotes is None:
+            _zygotes = ZygotePool()
+        pool = LocalProcessPool(store, LocalPoolOptions(
+            jobs=nthreads, cpu_count=os.cpu_count() or 1, zygotes=_zygotes))
         _running[task_key] = pool
     try:
         # One stage per worker thread: a single-threaded worker gives it the machine's cores
