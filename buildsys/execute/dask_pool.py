@@ -24,7 +24,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from buildsys.errors import ModelbuildError, StoreError, UsageError
-from buildsys.execute.dask_worker import kill_stages, run_stage, worker_label
+from buildsys.execute.dask_worker import kill_stages, run_stage, warm_up, worker_label
 from buildsys.execute.pool import StageJob, StageResult
 from buildsys.store.record import StageRecord
 from buildsys.store.store import Store
@@ -103,6 +103,20 @@ class DaskPool:
 
     def _workers(self) -> dict[str, dict[str, Any]]:
         return dict(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+
+    def warm_up(self, planned: list[tuple[str, dict[str, Any]]]) -> None:
+        """Have every worker start the warm zygotes the stages planned to run will want."""
+        from buildsys.stages import stage_class
+
+        specs = set()
+        for kind, params in planned:
+            with contextlib.suppress(Exception):
+                cls = stage_class(kind)
+                if not cls.remote:
+                    specs.add((tuple(sorted(cls.requirements(params))), cls.max_threads))
+        if specs:
+            with contextlib.suppress(Exception):
+                self.client.run(warm_up, [[list(r), t] for r, t in sorted(specs)], wait=False)
 
     # --- the pool interface -------------------------------------------------------------------
     def capacity(self) -> int:

@@ -94,6 +94,31 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
         store.close()
 
 
+def warm_up(stages: list[tuple[list[str], int]]) -> int:
+    """Start, in the background, the zygotes a build's stages will want on this worker
+    (their requirements and max threads): their imports overlap the first stages instead of
+    each first stage of a kind waiting for them."""
+    from distributed import get_worker
+
+    from buildsys.execute import zygote
+
+    global _zygotes
+    if not zygote.enabled():
+        return 0
+    nthreads = get_worker().state.nthreads
+    per_worker = max(1, (os.cpu_count() or 1) // nthreads)
+    # The threads a stage gets here (LocalProcessPool._threads_and_cpus, slot 0 of one).
+    wanted = {(zygote.preload_for(requirements),
+               max(1, min(per_worker, max_threads)) if nthreads == 1 else 1)
+              for requirements, max_threads in stages}
+    with _running_lock:
+        if _zygotes is None:
+            _zygotes = ZygotePool()
+        for modules, threads in sorted(wanted):
+            _zygotes.zygote(modules, threads)
+    return len(wanted)
+
+
 def kill_stages(task_keys: list[str]) -> int:
     """End the child processes of these tasks on this worker (Dask cannot stop a running
     task's thread; ending its child makes the task return at once)."""
