@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# This file's folder comes first on sys.path, and this file's name would shadow Dask's
+# `distributed` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 sys.path.insert(0, str(REPO))
 
 from tests.remote.conftest import CREDENTIALS, start_seaweed  # noqa: E402
