@@ -116,7 +116,8 @@ class DaskPool:
                     specs.add((tuple(sorted(cls.requirements(params))), cls.max_threads))
         if specs:
             with contextlib.suppress(Exception):
-                self.client.run(warm_up, [[list(r), t] for r, t in sorted(specs)], wait=False)
+                # (quick: each worker only starts processes; their imports run on their own)
+                self.client.run(warm_up, [[list(r), t] for r, t in sorted(specs)])
 
     # --- the pool interface -------------------------------------------------------------------
     def capacity(self) -> int:
