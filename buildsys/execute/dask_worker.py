@@ -94,18 +94,16 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
         store.close()
 
 
-def warm_up(stages: list[tuple[list[str], int]]) -> int:
+def warm_up(stages: list[tuple[list[str], int]], dask_worker: Any = None) -> int:
     """Start, in the background, the zygotes a build's stages will want on this worker
     (their requirements and max threads): their imports overlap the first stages instead of
     each first stage of a kind waiting for them."""
-    from distributed import get_worker
-
     from buildsys.execute import zygote
 
     global _zygotes
     if not zygote.enabled():
         return 0
-    nthreads = get_worker().state.nthreads
+    nthreads = dask_worker.state.nthreads  # (client.run passes the worker by that name)
     per_worker = max(1, (os.cpu_count() or 1) // nthreads)
     # The threads a stage gets here (LocalProcessPool._threads_and_cpus, slot 0 of one).
     wanted = {(zygote.preload_for(requirements),
