@@ -96,7 +96,8 @@ def running_cluster() -> Iterator[str]:
     """A 2-worker LocalCluster that outlives the builds using it (as a team's cluster does)."""
     from distributed import LocalCluster
 
-    os.environ.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **CREDENTIALS})
+    os.environ.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **CREDENTIALS,
+                       "MODELBUILD_WORKER_CPUS": str(max(1, len(os.sched_getaffinity(0)) // 2))})
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, resources={"htp_sim": 1, "aihub": 1}) as cluster:
         yield str(cluster.scheduler_address)

@@ -17,6 +17,7 @@ scheduler fails the build with its address; what finished is stored and the re-r
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -24,7 +25,14 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from buildsys.errors import ModelbuildError, StoreError, UsageError
-from buildsys.execute.dask_worker import kill_stages, run_stage, warm_up, worker_label
+from buildsys.execute.dask_worker import (
+    WORKER_CPUS_ENV,
+    kill_stages,
+    run_stage,
+    warm_up,
+    worker_cpus,
+    worker_label,
+)
 from buildsys.execute.pool import StageJob, StageResult
 from buildsys.store.record import StageRecord
 from buildsys.store.store import Store
@@ -84,6 +92,8 @@ class DaskPool:
         # The workers are this machine: the simulator if its toolchain is installed, and AI
         # Hub as far as this machine reaches it (the planner skips AI Hub stages otherwise).
         resources = {"aihub": 1, **({"htp_sim": 1} if is_installed("onnxruntime-qnn") else {})}
+        # The workers share this machine's CPUs as -j shares them among local stages.
+        os.environ[WORKER_CPUS_ENV] = str(max(1, worker_cpus() // workers))
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
                                resources=resources)

@@ -22,6 +22,9 @@ from buildsys.execute.pool import StageJob, make_record
 from buildsys.execute.zygote import ZygotePool
 
 WORKER_CACHE_ENV = "MODELBUILD_WORKER_CACHE_DIR"
+# The CPUs one worker's stages may use (default: the machine's, shared by its threads); set
+# when several workers share a machine, as a `--workers N` LocalCluster does.
+WORKER_CPUS_ENV = "MODELBUILD_WORKER_CPUS"
 
 # Stages running in this worker process (task key → the pool running it): Ctrl-C on the
 # coordinator ends their child processes through `kill_stages`.
@@ -65,7 +68,7 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
         if _zygotes is None:
             _zygotes = ZygotePool()
         pool = LocalProcessPool(store, LocalPoolOptions(
-            jobs=nthreads, cpu_count=os.cpu_count() or 1, zygotes=_zygotes))
+            jobs=nthreads, cpu_count=worker_cpus(), zygotes=_zygotes))
         _running[task_key] = pool
     try:
         # One stage per worker thread: a single-threaded worker gives it the machine's cores
@@ -104,7 +107,7 @@ def warm_up(stages: list[tuple[list[str], int]], dask_worker: Any = None) -> int
     if not zygote.enabled():
         return 0
     nthreads = dask_worker.state.nthreads  # (client.run passes the worker by that name)
-    per_worker = max(1, (os.cpu_count() or 1) // nthreads)
+    per_worker = max(1, worker_cpus() // nthreads)
     # The threads a stage gets here (LocalProcessPool._threads_and_cpus, slot 0 of one).
     wanted = {(zygote.preload_for(requirements),
                max(1, min(per_worker, max_threads)) if nthreads == 1 else 1)
@@ -115,6 +118,14 @@ def warm_up(stages: list[tuple[list[str], int]], dask_worker: Any = None) -> int
         for modules, threads in sorted(wanted):
             _zygotes.zygote(modules, threads)
     return len(wanted)
+
+
+def worker_cpus() -> int:
+    chosen = os.environ.get(WORKER_CPUS_ENV, "")
+    if chosen.isdigit() and int(chosen) > 0:
+        return int(chosen)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
 
 
 def kill_stages(task_keys: list[str]) -> int:
