@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,12 +16,14 @@ from buildsys.errors import ModelbuildError, RecipeError, StageError, UsageError
 from buildsys.execute.report import device_summary, report_dict, summary_line, write_report
 from buildsys.execute.runner import ExecuteOptions, Executor, Outcome
 from buildsys.plan.graph import build_graph, select
+from buildsys.plan.hardware import blocked_hardware_stages
 from buildsys.plan.plan_cache import PlanCache, save_after_build
 from buildsys.plan.planner import Plan, make_plan_with_remote
 from buildsys.plan.remote import remote_stage_ids, switched_off
 from buildsys.plan.requirements import check_toolchains
 from buildsys.plan.status import Status
 from buildsys.recipe.load import Recipe
+from buildsys.stages import lock_notes
 from buildsys.store.lock import lock_entry, read_lock, write_lock
 from buildsys.store.remote import RemoteUnavailable, remote_from_env
 from buildsys.store.store import Store, default_cache_dir
@@ -146,9 +150,11 @@ def plan_build(recipe: Recipe, store: Store, options: BuildOptions) -> Plan:
     except StageError as exc:  # e.g. a dataset's files, found while planning: a recipe problem
         raise RecipeError([f"{recipe.path}: {exc}"]) from exc
     graph = select(full, options.patterns)
-    check_toolchains(graph, skip=skipped_remote_stages(graph, options.offline))
+    no_hardware = blocked_hardware_stages(graph)  # e.g. TensorRT without a GPU: no toolchain
+    check_toolchains(graph, skip=[*skipped_remote_stages(graph, options.offline), *no_hardware])
     plan = make_plan_with_remote(graph, store, options.force,
-                                 blocked_stages(recipe, graph, options.offline))
+                                 {**blocked_stages(recipe, graph, options.offline),
+                                  **no_hardware})
     plan.all_stage_ids = set(full.nodes)
     failure = remote_failure(store)
     if failure:
@@ -164,8 +170,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     if options.plan_cache is not None:
         options.plan_cache.discard()  # this build may change what the stamp describes
     store = open_store(recipe, options.cache_dir)
-    pool = None
-    stamp = None
+    stamp: Callable[[], bool] | None = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
         attach_remote(store, options)
@@ -230,14 +235,26 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
                 print(store.remote.summary_line(), file=sys.stderr)
         ok = bool(report["ok"]) and not errors
         if ok and options.plan_cache is not None:
-            stamp = (options.plan_cache, plan, outcomes)
+            stamp = _noop_stamp(options.plan_cache, recipe, plan, store, outcomes)
         return 0 if ok else 1
     finally:
         if pool is not None:
             pool.close()
         store.close()
-        if stamp is not None:  # after close: the index files are as the next run finds them
-            save_after_build(stamp[0], recipe, stamp[1], store, stamp[2])
+        if stamp is not None:  # after close: the store as the next run finds it
+            stamp()
+
+
+def _noop_stamp(cache: PlanCache, recipe: Recipe, plan: Plan, store: Store,
+                outcomes: dict[str, Outcome]) -> Callable[[], bool]:
+    """Stamp this build for the next run's instant no-op (plan/plan_cache.py), with what a
+    no-op prints about devices, and the report page (a missing one the full path writes)."""
+    from buildsys.report import RELEASE_STAGE, page_path
+
+    kinds = {s: plan.stages[s].node.kind for s in outcomes}
+    pages = [page_path(recipe)] if RELEASE_STAGE in outcomes else []
+    return functools.partial(save_after_build, cache, recipe, plan, store, outcomes,
+                             devices=device_summary(outcomes, kinds), extra_outputs=pages)
 
 
 def release_page(recipe: Recipe, store: Store, report: dict[str, object],
@@ -288,7 +305,8 @@ def update_lock(recipe: Recipe, previous: dict[str, dict[str, object]], plan: Pl
         if outcome.ok and outcome.record and outcome.key:
             node = plan.stages[stage_id].node
             stages[stage_id] = lock_entry(outcome.key, outcome.record["outputs"],
-                                          node.measurements)
+                                          node.measurements,
+                                          lock_notes(node.kind, outcome.metrics))
         elif not outcome.ok:
             stages.pop(stage_id, None)
     write_lock(recipe.lock_path, recipe.name, stages)

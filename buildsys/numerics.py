@@ -82,13 +82,62 @@ def running_kernel_class() -> str:
     return _kernel_class(bool(__cpu_features__.get("AVX2") and __cpu_features__.get("FMA3")))
 
 
+# Runtimes that pick their kernels by the exact SIMD extensions of the CPU (ncnn's x86 layers
+# and XNNPACK's microkernels: AVX-512, AVX2+FMA, AVX, SSE, VNNI variants) and round
+# differently per kernel. Stages whose bytes come from them carry the CPU's SIMD class (a finer
+# one than ORT's) as one of these pseudo-tools.
+NCNN_KERNELS = "ncnn-cpu-kernels"
+XNNPACK_KERNELS = "xnnpack-cpu-kernels"
+# TensorFlow folds constants (BatchNorm into convolutions, …) with its own CPU kernels when
+# tf2onnx or the TFLite converter convert a Keras model: the bytes differ between AVX-512 and
+# AVX2 CPUs even with oneDNN off and pinned.
+TENSORFLOW_KERNELS = "tensorflow-cpu-kernels"
+SIMD_KERNELS = (NCNN_KERNELS, XNNPACK_KERNELS, TENSORFLOW_KERNELS)
+
+# The extensions those kernels dispatch on: /proc/cpuinfo flag -> numpy's name for it.
+_SIMD_FEATURES = (("avx", "AVX"), ("f16c", "F16C"), ("fma", "FMA3"), ("avx2", "AVX2"),
+                  ("xop", "XOP"), ("avx512f", "AVX512F"), ("avx512cd", "AVX512CD"),
+                  ("avx512bw", "AVX512BW"), ("avx512dq", "AVX512DQ"), ("avx512vl", "AVX512VL"),
+                  ("avx512_vnni", "AVX512VNNI"), ("avx512_bf16", "AVX512BF16"),
+                  ("avx512_fp16", "AVX512FP16"))
+
+
+def _simd_class(present: set[str]) -> str:
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return machine
+    names = [flag for flag, _ in _SIMD_FEATURES if flag in present]
+    return "x86-64 " + ("+".join(names) if names else "SSE only")
+
+
+@cache
+def host_simd_class() -> str:
+    """This machine's SIMD class, from /proc/cpuinfo (cheap: the planner asks)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return _simd_class(set(flags))
+
+
+def running_simd_class() -> str:
+    """The SIMD class of the CPU this process runs on (cpuid through numpy, as above)."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return _simd_class({flag for flag, key in _SIMD_FEATURES if __cpu_features__.get(key)})
+
+
 def check_cpu_class(promised_tools: Mapping[str, str]) -> str | None:
     """Why this process must not run a stage whose key promised `promised_tools`, or None."""
-    promised = promised_tools.get(ORT_KERNELS)
-    if promised is None:
-        return None
-    here = running_kernel_class()
-    if here == promised:
-        return None
-    return (f"this worker's CPU is {here}, but the stage's key promises onnxruntime kernels "
-            f"of a CPU {promised}: they compute other bytes, so it refuses the stage")
+    for tool, running in ((ORT_KERNELS, running_kernel_class),
+                          *((name, running_simd_class) for name in SIMD_KERNELS)):
+        promised = promised_tools.get(tool)
+        if promised is None:
+            continue
+        here = running()
+        if here != promised:
+            return (f"this worker's CPU is {here}, but the stage's key promises {tool} of a "
+                    f"CPU {promised}: they compute other bytes, so it refuses the stage")
+    return None

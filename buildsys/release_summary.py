@@ -35,8 +35,33 @@ def release_rows_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def release_markdown(recipe: str, rows: list[dict[str, Any]]) -> str:
-    """dist/README.md: title, table, the note on where latency was measured."""
-    return f"# Release: {recipe}\n\n{release_rows_markdown(rows)}\n\n{NOTE}\n"
+    """dist/README.md: title, table, the note on where latency was measured, and the
+    accuracy notes (task metrics, the rung `auto` chose, the most sensitive layers) if any."""
+    accuracy = accuracy_markdown(rows)
+    return (f"# Release: {recipe}\n\n{release_rows_markdown(rows)}\n\n{NOTE}\n"
+            + (f"\n## Accuracy\n\n{accuracy}\n" if accuracy else ""))
+
+
+def accuracy_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        notes = []
+        task = r.get("task_metrics")
+        if task:
+            notes.append(", ".join(f"{k} {v:.4f} (fp32 {task['fp32'][k]:.4f})"
+                                   for k, v in task["variant"].items()))
+        choice = r.get("quantization_choice")
+        if choice:
+            notes.append(f"auto chose **{choice['chosen']}** of {len(choice['rungs'])} rungs "
+                         f"(budget {choice['budget']}; table: `{choice['file']}`)")
+        sensitivity = r.get("sensitivity")
+        if sensitivity:
+            worst = ", ".join(f"{w['tensor']} ({w['sqnr_db']:.1f} dB)"
+                              for w in sensitivity["layers"][:3])
+            notes.append(f"most sensitive layers: {worst} (`{sensitivity['file']}`)")
+        if notes:
+            lines.append(f"- {_cell(r['id'])}: " + "; ".join(notes))
+    return "\n".join(lines)
 
 
 def build_summary_markdown(recipe: str, index_file: Path | None, build_line: str) -> str:

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import metadata
 
-from buildsys.numerics import ORT_KERNELS, host_kernel_class
+from buildsys.cuda_gpus import CUDA_GPU, gpu_class
+from buildsys.numerics import ORT_KERNELS, SIMD_KERNELS, host_kernel_class, host_simd_class
 
 NOT_INSTALLED = "not installed"
 
@@ -32,6 +33,12 @@ EXTRA_FOR: dict[str, str] = {
     "qai-hub": "qualcomm",
     "litert-torch": "tflite",
     "ai-edge-litert": "tflite",
+    "pnnx": "ncnn",
+    "ncnn": "ncnn",
+    "executorch": "executorch",
+    "tensorrt": "tensorrt",
+    "tensorflow-cpu": "tensorflow",
+    "tf2onnx": "tensorflow",
     "matplotlib": "report",
     "jinja2": "report",
     "distributed": "dask",  # not a stage's tool: what --scheduler and --workers need
@@ -45,6 +52,10 @@ def tool_version(distribution: str) -> str:
         return platform.python_version()
     if distribution == ORT_KERNELS:  # a CPU class, not a distribution (numerics.py)
         return host_kernel_class()
+    if distribution in SIMD_KERNELS:
+        return host_simd_class()
+    if distribution == CUDA_GPU:  # the GPU model TensorRT engines are built for
+        return gpu_class()
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:

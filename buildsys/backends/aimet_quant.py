@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +141,9 @@ def quantize_aimet(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int = 21,
+    train: Callable[..., Any] | None = None,
+    train_splits: dict[str, list[dict[str, np.ndarray]]] | None = None,
+    epochs: int = 1,
 ) -> dict[str, Any]:
     """Quantize ``model`` with AIMET and write a QDQ ONNX to ``dst``.
 
@@ -148,6 +151,13 @@ def quantize_aimet(
     order. ``input_names`` defaults to its keys, ``output_names`` to ``output`` (one output)
     or ``output_0``, ``output_1``, ... The caller's model is not modified. Torch uses the
     thread count the caller set (``torch.set_num_threads``). Returns a JSON-able info dict.
+
+    Quantization-aware training: with ``train``, after the encodings are computed the
+    QuantSim model is fine-tuned by ``train(sim_model, splits, epochs=epochs)`` (and
+    ``reference=<the float model>`` when the callable takes it, e.g. to distil from it),
+    with gradients on, torch seeded with 0; then it is exported like PTQ. ``splits`` maps
+    split names to lists of samples (input name -> array). Whatever JSON-able value the
+    callable returns is recorded under ``qat.result``.
     """
     if quant_scheme not in QUANT_SCHEMES:
         raise StageError(f"quant_scheme {quant_scheme!r} is not one of {list(QUANT_SCHEMES)}")
@@ -235,6 +245,8 @@ def quantize_aimet(
                 sim_model(*sample)
 
         sim.compute_encodings(_calibrate)
+        qat = None if train is None else _fine_tune(sim.model, model, train,
+                                                     train_splits or {}, epochs)
         counts = _count_quantizers(sim.model)
 
         # Export in a private scratch directory beside dst (aimet writes an intermediate
@@ -282,7 +294,48 @@ def quantize_aimet(
         "qdq_nodes": qdq,
         "aimet_version": aimet_torch.__version__,
         "torch_version": torch.__version__,
+        **({"qat": qat} if qat is not None else {}),
     }
+
+
+def _fine_tune(sim_model: torch.nn.Module, float_model: torch.nn.Module,
+               train: Callable[..., Any], splits: dict[str, list[dict[str, np.ndarray]]],
+               epochs: int) -> dict[str, Any]:
+    """Run the user's training callable on the QuantSim model (gradients on, seeded)."""
+    import copy
+    import inspect
+
+    import torch
+
+    if not isinstance(epochs, int) or epochs < 1:
+        raise StageError(f"qat epochs must be a positive integer, not {epochs!r}")
+    kwargs: dict[str, Any] = {"epochs": epochs}
+    try:
+        params = inspect.signature(train).parameters
+        if "reference" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                        for p in params.values()):
+            kwargs["reference"] = copy.deepcopy(float_model).eval()
+    except (TypeError, ValueError):
+        pass
+    name = getattr(train, "__qualname__", repr(train))
+    torch.manual_seed(0)
+    sim_model.train()
+    try:
+        with torch.enable_grad():
+            result = train(sim_model, splits, **kwargs)
+    except StageError:
+        raise
+    except Exception as e:
+        raise StageError(f"qat train callable {name} failed: {type(e).__name__}: "
+                         f"{str(e)[:500]}") from e
+    finally:
+        sim_model.eval()
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        result = repr(result)[:200]
+    return {"epochs": epochs, "splits": {k: len(v) for k, v in sorted(splits.items())},
+            "result": result}
 
 
 def _silence_known_warnings() -> None:

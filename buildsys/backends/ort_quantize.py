@@ -184,12 +184,19 @@ def quantize_qdq(
     method: str = "minmax",
     per_channel: bool = False,
     for_qnn: bool = True,
+    int16_layers: list[str] | None = None,
+    float_layers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Quantize the float ONNX model `src` to a QDQ model at `dst`; returns a JSON-able info dict.
 
     `calibration` is a list of samples (input name -> array) fed through the model to collect
     activation ranges. The output bytes are a pure function of the inputs and settings (same
     onnxruntime version): calibration runs single-threaded with deterministic reductions.
+
+    Mixed precision: `int16_layers` (node or output-tensor names, fnmatch patterns) get 16-bit
+    activations through ORT's TensorQuantOverrides (the QNN config adds the Convert ops HTP
+    needs between 8- and 16-bit tensors); `float_layers` are left unquantized
+    (nodes_to_exclude). A pattern that matches nothing is an error naming it.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quant_pre_process
@@ -233,6 +240,7 @@ def quantize_qdq(
                 f"quantization of {src.name}: ONNX Runtime pre-processing (shape inference and "
                 f"graph optimisation) failed: {e}"
             ) from e
+        mixed = resolve_layers(pre, int16_layers or [], float_layers or [])
         reader = _reader(calibration)
         out_tmp = tmp / "quantized.onnx"
         # The histogram calibrators print progress to stdout: keep the worker's output clean.
@@ -240,7 +248,7 @@ def quantize_qdq(
             with contextlib.redirect_stdout(io.StringIO()):
                 extra = _run_quantizer(
                     pre, out_tmp, reader, calib_method, act_type, wt_type, use_per_channel,
-                    for_qnn, activations,
+                    for_qnn, activations, mixed,
                 )
         except StageError:
             raise
@@ -268,6 +276,9 @@ def quantize_qdq(
         },
         "qdq_contrib_ops": bool(extra.get("UseQDQContribOps", False)),
     }
+    if int16_layers or float_layers:
+        info["mixed"] = {"int16_tensors": sorted(mixed["int16"]),
+                         "float_nodes": sorted(mixed["float"])}
     info.update(_node_counts(dst))
     return info
 
@@ -289,9 +300,14 @@ def _run_quantizer(
     per_channel: bool,
     for_qnn: bool,
     activations: str,
+    mixed: dict[str, list[str]],
 ) -> dict[str, Any]:
     """Calibrate + quantize `pre` into `out`; returns the extra_options used."""
-    from onnxruntime.quantization import QuantFormat, quantize, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize, quantize_static
+
+    # Overrides are keyed by tensor; 16-bit activations need opset 21 or the contrib Q/DQ.
+    overrides = {name: [{"quant_type": QuantType.QUInt16}] for name in mixed["int16"]}
+    exclude = list(mixed["float"]) or None
 
     if for_qnn:
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
@@ -304,12 +320,16 @@ def _run_quantizer(
             weight_type=wt_type,
             per_channel=per_channel,
             weight_symmetric=True,
+            init_overrides=overrides or None,
+            nodes_to_exclude=exclude,
         )
         quantize(str(pre), str(out), cfg)
         return dict(cfg.extra_options)
     extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": False}
-    if activations == "int16" and _default_opset(pre) < 21:
+    if (activations == "int16" or overrides) and _default_opset(pre) < 21:
         extra["UseQDQContribOps"] = True
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     quantize_static(
         str(pre),
         str(out),
@@ -319,6 +339,42 @@ def _run_quantizer(
         weight_type=wt_type,
         per_channel=per_channel,
         calibrate_method=calib_method,
+        nodes_to_exclude=exclude,
         extra_options=extra,
     )
     return extra
+
+
+def resolve_layers(model_path: Path, int16: list[str], floating: list[str]
+                   ) -> dict[str, list[str]]:
+    """Mixed-precision patterns → the tensors to quantize at 16 bits and the nodes to keep
+    float. A pattern matches a node's name (then: its outputs) or a tensor's name."""
+    import fnmatch
+
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    nodes = [(n.name, list(n.output)) for n in model.graph.node]
+    resolved: dict[str, list[str]] = {"int16": [], "float": []}
+    for kind, patterns in (("int16", int16), ("float", floating)):
+        chosen: dict[str, None] = {}
+        for pattern in patterns:
+            before = len(chosen)
+            for name, outputs in nodes:
+                hits_node = bool(name) and fnmatch.fnmatchcase(name, pattern)
+                hit_tensors = [o for o in outputs if fnmatch.fnmatchcase(o, pattern)]
+                if kind == "float" and (hits_node or hit_tensors):
+                    chosen.setdefault(name, None)
+                elif kind == "int16":
+                    for tensor in outputs if hits_node else hit_tensors:
+                        chosen.setdefault(tensor, None)
+            if len(chosen) == before and not any(
+                    fnmatch.fnmatchcase(n, pattern) or any(fnmatch.fnmatchcase(o, pattern)
+                                                           for o in outs)
+                    for n, outs in nodes):
+                examples = ", ".join(n for n, _ in nodes[:6] if n)
+                raise StageError(f"quantization mixed {kind}: {pattern!r} matches no layer "
+                                 f"(node or tensor name) of {model_path.name}; nodes are "
+                                 f"named like {examples}")
+        resolved[kind] = list(chosen)
+    return resolved

@@ -13,9 +13,11 @@ stay locked forever in the child). It therefore imports only libraries that star
 at import — torch, onnx, numpy, aimet_torch, checked at start — never onnxruntime (its import
 starts a thread; it costs a stage 0.2 s), and computes nothing (torch's and OpenMP's thread
 pools start at the first operation, in the child). It is started with the worker's
-environment — the pinned kernels of `numerics.py` and the stage's thread count — because the
-numeric libraries read it when they load. A zygote that has more than one thread refuses to
-fork, and the stage runs in a fresh `python -m buildsys.execute.worker` as before.
+environment — the pinned kernels of `numerics.py`, one thread — because the numeric libraries
+read it when they load; a child then sets its stage's thread count as a fresh worker does
+(torch and onnxruntime take it by call: `torch.set_num_threads`, session options; bytes never
+depend on it, see numerics.py). A zygote that has more than one thread refuses to fork, and
+the stage runs in a fresh `python -m buildsys.execute.worker` as before.
 
     coordinator ──{"id", "job", "log", "cwd"}──▶ zygote ──fork──▶ child: run_job(job.json)
                 ◀──{"id", "pid"} then {"id", "exit"}──
@@ -47,10 +49,11 @@ ENABLE_ENV = "MODELBUILD_ZYGOTE"
 # What a stage kind's requirements make worth importing once (distribution → module). Only
 # libraries that start no thread at import: onnxruntime does, so it is never preloaded.
 LIGHT: tuple[str, ...] = ()
+ARRAYS = ("numpy",)  # datasets, validation, packaging: no model library (0.5 s, not 6 s)
 ML = ("numpy", "onnx", "torch")
 AIMET = (*ML, "aimet_torch", "aimet_torch.quantsim")
-ML_DISTRIBUTIONS = {"numpy", "torch", "onnx", "onnxruntime", "onnxruntime-qnn", "pillow",
-                    "scikit-image"}
+ARRAY_DISTRIBUTIONS = {"numpy", "pillow", "scikit-image"}
+ML_DISTRIBUTIONS = {"torch", "onnx", "onnxruntime", "onnxruntime-qnn"}
 
 
 def enabled() -> bool:
@@ -62,7 +65,9 @@ def preload_for(requirements: Iterable[str]) -> tuple[str, ...]:
     needed = set(requirements)
     if "aimet-torch" in needed:
         return AIMET
-    return ML if needed & ML_DISTRIBUTIONS else LIGHT
+    if needed & ML_DISTRIBUTIONS:
+        return ML
+    return ARRAYS if needed & ARRAY_DISTRIBUTIONS else LIGHT
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -82,9 +87,9 @@ class ZygoteGone(Exception):
 
 # --- the coordinator's side --------------------------------------------------------------------
 class Zygote:
-    """One zygote process: preloads `modules` with `threads` threads, forks per request."""
+    """One zygote process: preloads `modules`, forks per request."""
 
-    def __init__(self, modules: tuple[str, ...], threads: int) -> None:
+    def __init__(self, modules: tuple[str, ...], threads: int = 1) -> None:
         self.modules = modules
         self.process = subprocess.Popen(
             [sys.executable, "-m", "buildsys.execute.zygote", *modules],
@@ -165,25 +170,24 @@ def _exit_code(reply: dict[str, Any]) -> int:
 
 
 class ZygotePool:
-    """The zygotes of one build, started on first use: one per (preloaded modules, threads).
+    """The zygotes of one build, started on first use: one per set of preloaded modules.
     When the first stage spawns, zygotes for every kind of stage planned to run start too, so
     their imports overlap the stages that run before them."""
 
     def __init__(self, planned: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
         self._planned = list(planned)  # (kind, params) of the stages planned to run
-        self._zygotes: dict[tuple[tuple[str, ...], int], Zygote] = {}
+        self._zygotes: dict[tuple[str, ...], Zygote] = {}
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_all, self._zygotes)
 
-    def zygote(self, modules: tuple[str, ...], threads: int) -> Zygote:
+    def zygote(self, modules: tuple[str, ...]) -> Zygote:
         with self._lock:
             if not self._zygotes:
                 for other in sorted(_preloads(self._planned) - {modules}):
-                    self._zygotes[(other, threads)] = Zygote(other, threads)
-            key = (modules, threads)
-            if key not in self._zygotes or self._zygotes[key].process.poll() is not None:
-                self._zygotes[key] = Zygote(modules, threads)
-            return self._zygotes[key]
+                    self._zygotes[other] = Zygote(other)
+            if modules not in self._zygotes or self._zygotes[modules].process.poll() is not None:
+                self._zygotes[modules] = Zygote(modules)
+            return self._zygotes[modules]
 
     def run(self, scratch: Path, log: Path, timeout: float | None,
             on_start: Callable[[int], None]) -> tuple[int, bool]:
@@ -193,7 +197,7 @@ class ZygotePool:
 
         job = json.loads((scratch / "job.json").read_text())
         modules = preload_for(stage_class(job["kind"]).requirements(job["params"]))
-        zygote = self.zygote(modules, int(job["threads"]))
+        zygote = self.zygote(modules)
         return zygote.run(scratch / "job.json", log, scratch, timeout, on_start)
 
     def close(self) -> None:
@@ -283,8 +287,12 @@ def serve(modules: list[str]) -> None:
     for name in modules:
         with contextlib.suppress(Exception):  # missing or broken: the stage reports it
             __import__(name)
-    import buildsys.execute.worker  # what every child runs
-    import buildsys.stages.base  # noqa: F401
+    import buildsys.execute.worker  # noqa: F401 - what every child runs
+    from buildsys.stages import STAGE_CLASSES
+
+    for path in sorted(set(STAGE_CLASSES.values())):  # cheap: they import their work lazily
+        with contextlib.suppress(Exception):
+            __import__(path.partition(":")[0])
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     selector = selectors.DefaultSelector()

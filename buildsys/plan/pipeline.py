@@ -8,11 +8,11 @@ variant of a model reads the same export, every device with the same chipset the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from buildsys.plan import accuracy
 from buildsys.plan.node import FileRef, InputRef, OutputRef, StageNode
-from buildsys.plan.sources import module_files
+from buildsys.plan.sources import code_inputs
 from buildsys.recipe.load import Recipe
 from buildsys.recipe.matrix import Variant
 from buildsys.recipe.model_source import SOURCE_FILE_KEYS, input_name, is_torch
@@ -72,9 +72,7 @@ class PipelineBuilder:
             else:
                 params[key] = value
         if "python" in source:
-            module = source["python"].partition(":")[0]
-            for path in module_files(module, project):
-                inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+            inputs.update(code_inputs(source["python"], project))
         return params, inputs
 
     def is_torch(self, name: str) -> bool:
@@ -91,8 +89,10 @@ class PipelineBuilder:
         params = {"spec": {k: v for k, v in spec.items() if k not in ("images", "npz", "npy")},
                   "split": split, "count": count, "io": self.io_spec(model)}
         if "python" in spec:
-            for path in module_files(spec["python"].partition(":")[0], project):
-                inputs[f"code/{_code_name(path, project)}"] = FileRef(path)
+            inputs.update(code_inputs(spec["python"], project))
+        if spec.get("labels") and split == "validation":
+            params["spec"]["labels"], label_refs = accuracy.label_inputs(spec, project)
+            inputs.update(label_refs)
         suffix = f"-{count}" if count is not None else ""
         return self.add(f"data/{dataset}/{split}{suffix}@{model}", "dataset", params, inputs)
 
@@ -143,6 +143,8 @@ class PipelineBuilder:
         if scheme_name == "float":
             return self.float_onnx(model)
         scheme = self.recipe.section("quantization")[scheme_name]
+        if scheme["engine"] == "auto":
+            return accuracy.auto_quantized(self, model, scheme_name)
         samples = self.dataset(scheme["calibration"], "calibration", model, scheme.get("samples"))
         inputs: dict[str, InputRef] = {"calibration": self.output(samples)}
         params: dict[str, Any] = {"scheme": {k: v for k, v in scheme.items()
@@ -153,11 +155,25 @@ class PipelineBuilder:
             inputs.update(source_inputs)
             params["source"] = source_params
             params["optimize"] = self.model(model).get("optimize") or {}
+            if scheme.get("qat"):  # the training callable's source enters the key
+                inputs.update(self.qat_inputs(scheme, model))
         else:
             inputs["model"] = self.float_onnx(model)
         kind = "aihub_quantize" if scheme["engine"] == "aihub" else "quantize"
-        return self.output(self.add(f"{model}/{scheme_name}/quantize", kind, params, inputs,
-                                    {"model": model, "quantization": scheme_name}))
+        quantized = self.output(self.add(f"{model}/{scheme_name}/quantize", kind, params,
+                                         inputs, {"model": model, "quantization": scheme_name}))
+        accuracy.sensitivity_of(self, model, scheme_name, quantized)
+        return quantized
+
+    def qat_inputs(self, scheme: dict[str, Any], model: str) -> dict[str, InputRef]:
+        """QAT: the train callable's module files, and the validation split of the scheme's
+        dataset when it has one (the callable gets every split the dataset declares)."""
+        project = self.recipe.project_dir
+        inputs: dict[str, InputRef] = {**code_inputs(scheme["qat"]["train"], project)}
+        if self.recipe.section("datasets")[scheme["calibration"]].get("validation"):
+            inputs["qat/validation"] = self.output(
+                self.dataset(scheme["calibration"], "validation", model, None))
+        return inputs
 
     def compile(self, v: Variant) -> str:
         target = self.recipe.section("targets")[v.target]
@@ -166,12 +182,24 @@ class PipelineBuilder:
         labels = {"model": v.model, "quantization": v.quantization, "target": v.target}
         if device["backend"] == "aihub":
             return self.aihub_compile(v, target, device, labels)
+        if runtime == "tensorrt":  # an engine for this machine's GPU, from the (QDQ) ONNX
+            return self.add(v.compile_stage_id(shared_by=v.device), "tensorrt_compile",
+                            {"io": self.io_spec(v.model)},
+                            {"model": self.quantized(v.model, v.quantization)}, labels)
         params: dict[str, Any] = {"runtime": runtime, "io": self.io_spec(v.model),
-                                  "precision": "float" if v.quantization == "float" else "quant"}
+                                  "precision": accuracy.compile_precision(self, v.quantization)}
         shared_by = None  # every host device runs the same compiled model
-        if runtime == "tflite":
+        if runtime in ("tflite", "ncnn", "executorch"):  # converted from the torch model
             source_params, inputs = self.source(v.model)
             params["source"] = source_params
+            if runtime == "ncnn":
+                params["storage"] = target.get("storage", "fp16")
+            if runtime == "executorch" and v.quantization != "float":  # PT2E, in the compile
+                scheme = self.recipe.section("quantization")[v.quantization]
+                params["scheme"] = {key: value for key, value in scheme.items()
+                                    if key not in ("calibration", "validate")}
+                inputs["calibration"] = self.output(self.dataset(
+                    scheme["calibration"], "calibration", v.model, scheme.get("samples")))
         else:
             inputs = {"model": self.quantized(v.model, v.quantization)}
         if runtime == "onnx":
@@ -215,15 +243,18 @@ class PipelineBuilder:
         run_params = {"runtime": target["runtime"], "backend": device["backend"],
                       "chipset": device.get("chipset"), "io": self.io_spec(v.model)}
         profile_id = None
-        if device["backend"] == "host":
+        on_gpu = device["backend"] == "cuda"  # TensorRT's own stage kinds
+        if device["backend"] in ("host", "cuda"):
             profile = {**DEFAULT_PROFILE["host"], **(device.get("profile") or {})}
-            profile_id = self.add(v.stage_id("profile"), "profile", {**run_params, **profile},
-                                  dict(model_inputs), labels)
+            profile_id = self.add(v.stage_id("profile"),
+                                  "tensorrt_profile" if on_gpu else "profile",
+                                  {**run_params, **profile}, dict(model_inputs), labels)
         reference = self.reference(v.model)
         if reference is None:
             return profile_id
         samples = self.dataset(self.validation_dataset() or "", "validation", v.model, None)
-        infer_kind = "aihub_infer" if device["backend"] == "aihub" else "infer"
+        infer_kind = {"aihub": "aihub_infer", "cuda": "tensorrt_infer"}.get(device["backend"],
+                                                                           "infer")
         if device["backend"] == "aihub":
             run_params["device"] = _aihub_device(device)
         infer_params = run_params
@@ -235,9 +266,10 @@ class PipelineBuilder:
                             {**model_inputs, "samples": self.output(samples)}, labels)
         validate_params = {"thresholds": v.thresholds(), "task": self.model(v.model).get(
             "task", "other"), "outputs": self.io_spec(v.model)["outputs"]}
+        validate_inputs = {"reference": self.output(reference), "outputs": self.output(infer_id),
+                           **accuracy.validation_labels(self, samples, validate_params)}
         validate_id = self.add(v.stage_id("validate"), "validate", validate_params,
-                               {"reference": self.output(reference),
-                                "outputs": self.output(infer_id)}, labels)
+                               validate_inputs, labels)
         if not v.package or device["backend"] == "aihub":
             return validate_id
         return self.package(v, compile_id, validate_id, labels)
@@ -265,6 +297,7 @@ class PipelineBuilder:
                   "io": self.io_spec(v.model), "archive": archive,
                   "runtime": self.recipe.section("targets")[v.target]["runtime"]}
         inputs = {**self.all_outputs(compile_id, "model"), "validation": self.output(validate_id)}
+        inputs.update(accuracy.selection_input(self, v.model, v.quantization))
         return self.add(v.stage_id("package"), "package", params, inputs, labels, publish=True)
 
     def release(self, finals: list[Variant]) -> None:
@@ -282,6 +315,7 @@ class PipelineBuilder:
                     output = (node.measurements or node.outputs)[0]
                     inputs[stage_id] = OutputRef(stage_id, output)
                     entry[kind] = output
+            accuracy.release_entry(self, v.model, v.quantization, entry, inputs)
             compile_id = self.compiled[v]
             inputs.update(self.all_outputs(compile_id, f"{v.id}/compiled"))
             entry["compiled"] = list(self.nodes[compile_id].outputs)
@@ -294,15 +328,6 @@ class PipelineBuilder:
 
 def _aihub_device(device: dict[str, Any]) -> dict[str, Any]:
     return {k: device[k] for k in ("name", "attributes", "chipset") if device.get(k)}
-
-
-def _code_name(path: Path, project: Path) -> str:
-    """A stable, machine-independent name for a source file (no absolute paths in keys)."""
-    try:
-        return path.resolve().relative_to(project.resolve()).as_posix()
-    except ValueError:
-        parts = path.resolve().parts
-        return "/".join(parts[-3:])
 
 
 def pipeline_nodes(recipe: Recipe) -> list[StageNode]:

@@ -241,13 +241,17 @@ class PlanCache:
 
 
 def save_after_build(cache: PlanCache, recipe: Any, plan: Any, store: Any,
-                     outcomes: Mapping[str, Any]) -> bool:
+                     outcomes: Mapping[str, Any], *, devices: str = "",
+                     extra_outputs: Iterable[Path] = ()) -> bool:
     """Stamp a build whose every stage ended up to date (built or cached), so the next run
     with nothing changed is answered without planning. A build with a failed or skipped
     stage, or anything the stamp cannot describe, gets no stamp; a stamp that cannot be
-    made never fails the build (the next run plans fully)."""
+    made never fails the build (the next run plans fully). `devices`: what the build printed
+    about devices (the no-op prints it again); `extra_outputs`: files the build wrote besides
+    the stages' outputs whose absence the full path would repair (the report page)."""
     try:
-        return _save_after_build(cache, recipe, plan, store, outcomes)
+        return _save_after_build(cache, recipe, plan, store, outcomes, devices,
+                                 list(extra_outputs))
     except (OSError, KeyError, TypeError, ValueError) as exc:
         import warnings
 
@@ -258,11 +262,10 @@ def save_after_build(cache: PlanCache, recipe: Any, plan: Any, store: Any,
 
 
 def _save_after_build(cache: PlanCache, recipe: Any, plan: Any, store: Any,
-                      outcomes: Mapping[str, Any]) -> bool:
-    from buildsys.execute.report import device_summary
+                      outcomes: Mapping[str, Any], devices: str,
+                      extra_outputs: list[Path]) -> bool:
     from buildsys.plan.node import FileRef
     from buildsys.plan.status import OUTCOMES, Status
-    from buildsys.report import RELEASE_STAGE, page_path
 
     if not outcomes or any(o.status not in (Status.BUILT, Status.CACHED) or not o.record
                            for o in outcomes.values()):
@@ -290,14 +293,12 @@ def _save_after_build(cache: PlanCache, recipe: Any, plan: Any, store: Any,
             outputs.append(recipe.build_dir / stage_id / name)
             if node.publish:
                 outputs.append(recipe.release_dir / name)
-    if RELEASE_STAGE in outcomes:
-        outputs.append(page_path(recipe))  # a missing page is written by the full path
+    outputs.extend(extra_outputs)
     globs = [(str(spec["images"]), str(recipe.project_dir))
              for spec in recipe.section("datasets").values()
              if isinstance(spec, dict) and "images" in spec]
     counts = ", ".join(f"{len(outcomes) if s == Status.CACHED else 0} {s}" for s in OUTCOMES)
-    kinds = {s: plan.stages[s].node.kind for s in outcomes}
-    report = {"summary": counts, "devices": device_summary(dict(outcomes), kinds)}
+    report = {"summary": counts, "devices": devices}
     return cache.save(files=files, outputs=outputs, dirs=dirs, globs=globs,
                       store_generation=generation, report=report)
 

@@ -14,11 +14,39 @@ from functools import lru_cache
 from pathlib import Path
 
 from buildsys.errors import RecipeError
+from buildsys.plan.node import FileRef
+
+# module, project → (its files, their stat fingerprints): one plan asks for the same module
+# once per variant and stage (FFNet: 36 times), and finding it walks sys.path every time.
+_FOUND: dict[tuple[str, Path], tuple[list[Path], list[tuple[int, ...] | None]]] = {}
+
+
+def _fingerprints(paths: list[Path]) -> list[tuple[int, ...] | None]:
+    found: list[tuple[int, ...] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return found
 
 
 def module_files(module: str, project_dir: Path) -> list[Path]:
+    """The module's file and those of the same package it imports; found again only when
+    one of them changed since it was last asked (an edit may add an import)."""
     if str(project_dir) not in sys.path:
         sys.path.insert(0, str(project_dir))
+    known = _FOUND.get((module, project_dir))
+    if known is not None and _fingerprints(known[0]) == known[1]:
+        return list(known[0])
+    files = _find_module_files(module, project_dir)
+    _FOUND[(module, project_dir)] = (files, _fingerprints(files))
+    return list(files)
+
+
+def _find_module_files(module: str, project_dir: Path) -> list[Path]:
     # Follow imports within the module's own package only (not the whole distribution).
     root = module.rpartition(".")[0] or module
     seen: dict[str, Path] = {}
@@ -75,3 +103,19 @@ def _parsed_imports(path: Path, name: str, is_package: bool,
             found.append(base)
             found.extend(f"{base}.{alias.name}" for alias in node.names)
     return tuple(found)
+
+
+def code_inputs(entry_point: str, project: Path) -> dict[str, FileRef]:
+    """The project files of `module:callable`'s module (and what it imports from the
+    project), as stage inputs named `code/<path>`: editing one re-runs the stage."""
+    return {f"code/{code_name(path, project)}": FileRef(path)
+            for path in module_files(entry_point.partition(":")[0], project)}
+
+
+def code_name(path: Path, project: Path) -> str:
+    """A stable, machine-independent name for a source file (no absolute paths in keys)."""
+    try:
+        return path.resolve().relative_to(project.resolve()).as_posix()
+    except ValueError:
+        parts = path.resolve().parts
+        return "/".join(parts[-3:])

@@ -137,3 +137,48 @@ def input_files(spec: Mapping[str, Any], project_dir: Path) -> list[Path]:
         return []
     calibration, validation = split_sizes(spec, len(files), f"the dataset's {where}")
     return files[: calibration + validation]
+
+
+LABEL_KINDS = ("masks", "file", "python")
+
+
+def label_kind(labels: Mapping[str, Any]) -> str:
+    kinds = [k for k in LABEL_KINDS if k in labels]
+    if len(kinds) != 1:
+        raise StageError(f"dataset labels need exactly one of {', '.join(LABEL_KINDS)}; "
+                         f"got {', '.join(kinds) or 'none'}")
+    return kinds[0]
+
+
+def label_files(spec: Mapping[str, Any], project_dir: Path) -> list[Path]:
+    """The label files a dataset reads, in sample order (for hashing), without reading them.
+
+    ``masks``: one mask image per sample image, matched by file stem (``img/a.jpg`` ↔
+    ``masks/a.png``), so the list lines up with :func:`input_files`. ``file``: the one class-id
+    file. ``python`` (and no labels): none.
+    """
+    labels = spec.get("labels")
+    if not labels:
+        return []
+    kind = label_kind(labels)
+    if kind == "file":
+        return [_path(labels, "file", project_dir)]
+    if kind == "python":
+        return []
+    if source_kind(spec) not in ("images", "skimage"):
+        raise StageError("dataset labels masks are matched to image files by name: they need "
+                         "an images or skimage source (use labels python for other sources)")
+    masks = _glob(str(labels["masks"]), project_dir)
+    by_stem: dict[str, Path] = {}
+    for mask in masks:
+        if mask.stem in by_stem:
+            raise StageError(f"dataset labels masks {labels['masks']!r}: two masks are named "
+                             f"{mask.stem!r} ({by_stem[mask.stem].name}, {mask.name})")
+        by_stem[mask.stem] = mask
+    images = input_files(spec, project_dir)
+    missing = [p.name for p in images if p.stem not in by_stem]
+    if missing:
+        raise StageError(f"dataset labels masks {labels['masks']!r}: no mask named like "
+                         f"image{'s' if len(missing) > 1 else ''} {', '.join(missing[:5])}"
+                         f"{' …' if len(missing) > 5 else ''} (matched by file stem)")
+    return [by_stem[p.stem] for p in images]

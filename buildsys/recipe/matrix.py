@@ -66,7 +66,10 @@ def expand_builds(data: dict[str, Any], groups: frozenset[str] = frozenset()) ->
             if excluded(combo, entry.get("exclude") or []):
                 continue
             thresholds = dict(base_thresholds)
-            thresholds.update((schemes.get(combo["quantization"]) or {}).get("validate") or {})
+            scheme = schemes.get(combo["quantization"]) or {}
+            # quantization: auto's budget is confirmed again on the device the winner runs on
+            thresholds.update(scheme.get("budget") or {})
+            thresholds.update(scheme.get("validate") or {})
             thresholds.update(entry.get("validate") or {})
             variant = Variant(
                 **combo,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 # Keys whose values are project files; they enter a stage as inputs named `source/<key>`.
-SOURCE_FILE_KEYS = ("weights", "torchscript", "onnx", "exported_program")
+SOURCE_FILE_KEYS = ("weights", "torchscript", "onnx", "exported_program", "keras")
 # Keys that give a torch module (anything else is an ONNX file).
 TORCH_SOURCE_KEYS = ("python", "torchscript", "exported_program", "qai_hub_models")
 
@@ -20,6 +20,11 @@ def source_files(source: dict[str, Any]) -> dict[str, str]:
 
 def is_torch(source: dict[str, Any]) -> bool:
     return any(key in source for key in TORCH_SOURCE_KEYS)
+
+
+def is_keras(source: dict[str, Any]) -> bool:
+    """A Keras model file: exported to ONNX by tf2onnx, converted to TFLite by TensorFlow."""
+    return bool(source.get("keras"))
 
 
 def input_name(key: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from typing import Any
 
 from buildsys.stages.base import Stage
 
@@ -21,11 +22,24 @@ STAGE_CLASSES = {
     "validate": "buildsys.stages.validate:ValidateStage",
     "package": "buildsys.stages.package:PackageStage",
     "release": "buildsys.stages.release:ReleaseIndexStage",
+    "sensitivity": "buildsys.stages.sensitivity:SensitivityStage",
+    "score": "buildsys.stages.score:ScoreStage",
+    "select_quantization": "buildsys.stages.select_quantization:SelectQuantizationStage",
     "aihub_compile": "buildsys.stages.aihub:AIHubCompileStage",
     "aihub_quantize": "buildsys.stages.aihub:AIHubQuantizeStage",
     "aihub_link": "buildsys.stages.aihub:AIHubLinkStage",
     "aihub_infer": "buildsys.stages.aihub:AIHubInferStage",
+    "tensorrt_compile": "buildsys.stages.tensorrt:TensorRTCompileStage",
+    "tensorrt_infer": "buildsys.stages.tensorrt:TensorRTInferStage",
+    "tensorrt_profile": "buildsys.stages.tensorrt:TensorRTProfileStage",
 }
+
+
+def lock_notes(kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a stage kind wants written into the lock beside its digests."""
+    if kind not in STAGE_CLASSES:
+        return {}
+    return {k: metrics[k] for k in stage_class(kind).lock_notes if k in metrics}
 
 
 @cache

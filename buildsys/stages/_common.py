@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from buildsys.numerics import ORT_KERNELS
+from buildsys.numerics import NCNN_KERNELS, ORT_KERNELS, XNNPACK_KERNELS
 from buildsys.recipe.model_source import SOURCE_FILE_KEYS, input_name
 from buildsys.stages.base import Stage, StageContext
 
@@ -18,17 +18,26 @@ RUNTIME_TOOLS = {
     "onnx": ORT_TOOLS,
     "qnn_context_binary": ("onnx", "onnxruntime", "onnxruntime-qnn"),
     "tflite": ("torch", "litert-torch", "ai-edge-litert"),
+    "ncnn": ("torch", "pnnx", "ncnn"),
+    "executorch": ("torch", "executorch"),
+    "tensorrt": ("onnx", "tensorrt"),
 }
+# Runtimes whose kernels follow the CPU's SIMD class: the stages that run their models
+# (infer, profile) carry it in their key; converting does not run them (numerics.py).
+RUNTIME_KERNELS = {"ncnn": (NCNN_KERNELS,), "executorch": (XNNPACK_KERNELS,)}
 
 
 class RuntimeStage(Stage):
     """A stage whose tools follow its `runtime` parameter."""
 
     max_threads = 2
+    runs_model: ClassVar[bool] = True  # False: only converts (its bytes follow no kernels)
 
     @classmethod
     def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
-        return (*PYTHON_TOOLS, *RUNTIME_TOOLS[params["runtime"]])
+        runtime = params["runtime"]
+        kernels = RUNTIME_KERNELS.get(runtime, ()) if cls.runs_model else ()
+        return (*PYTHON_TOOLS, *RUNTIME_TOOLS[runtime], *kernels)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from buildsys.errors import StageError
-from buildsys.numerics import ORT_KERNELS
+from buildsys.numerics import ORT_KERNELS, SIMD_KERNELS
 
 
 class CheckFailed(StageError):
@@ -108,12 +108,18 @@ class Stage:
     # The stage mostly waits on a remote service (AI Hub): it runs outside the local -j
     # budget, so all independent remote jobs are submitted at once and awaited together.
     remote: ClassVar[bool] = False
+    # The stage needs hardware this machine may lack (a GPU): `unavailable` says so at plan
+    # time and the stage fails there, without running (plan/hardware.py).
+    needs_hardware: ClassVar[bool] = False
     # The files every stage of this kind writes (more may be written); `outputs` may vary them
     # by parameters. Downstream stages and the planner name them through the stage class only.
     output_files: ClassVar[tuple[str, ...]] = ()
     # Outputs that are measurements (timings): recorded, not part of the lock's
     # reproducibility check, since no two runs time the same.
     measurement_files: ClassVar[tuple[str, ...]] = ()
+    # Metrics (keys of what `run` returns) also written into the lock beside the digests,
+    # for whoever reads the lock (e.g. the rung `quantization: auto` chose). Not checked.
+    lock_notes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def outputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
@@ -143,7 +149,7 @@ class Stage:
         """Distributions this stage imports when it runs; the planner fails a build that
         needs one that is not installed, naming the extra to install (see toolchain.py)."""
         return tuple(name for name in cls.tool_names(params)
-                     if name not in ("python", ORT_KERNELS))
+                     if name not in ("python", ORT_KERNELS, *SIMD_KERNELS))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
-from buildsys.numerics import NUMERICS
+from buildsys.numerics import NUMERICS, TENSORFLOW_KERNELS
 from buildsys.stages._common import PYTHON_TOOLS, example_inputs, load_torch_model
 from buildsys.stages.base import Stage, StageContext
 
@@ -18,10 +18,22 @@ class ExportStage(Stage):
     tools: ClassVar[tuple[str, ...]] = (*PYTHON_TOOLS, "torch", "onnx")
     max_threads: ClassVar[int] = 2
 
+    @classmethod
+    def tool_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        if params["source"].get("keras"):
+            return (*PYTHON_TOOLS, "onnx", "tensorflow-cpu", "tf2onnx", "onnxruntime",
+                    TENSORFLOW_KERNELS)
+        return cls.tools
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         io = ctx.params["io"]
         if ctx.params["source"].get("onnx"):
             return self._from_onnx(ctx)
+        if ctx.params["source"].get("keras"):
+            from buildsys.backends.tf_keras import to_onnx
+
+            return to_onnx(ctx.input("source/keras"), example_inputs(io), io["outputs"],
+                           ctx.output("model.onnx"), opset=ctx.params["opset"])
         from buildsys.backends.torch_models import export_onnx
 
         model = load_torch_model(ctx)

@@ -50,6 +50,18 @@ class InferStage(RuntimeStage):
             outputs, seconds = run(files["model.tflite"], samples, reference_kernels=reference)
             detail = f"{WHERE['host']} (LiteRT interpreter" + (
                 ", reference kernels)" if reference else ")")
+        elif runtime == "ncnn":
+            from buildsys.backends.ncnn import run as run_ncnn
+
+            # One thread: the figures are about numbers (profile measures speed).
+            outputs, seconds = run_ncnn(files["model.ncnn.param"], files["model.ncnn.bin"],
+                                        samples, threads=1)
+            detail = f"{WHERE['host']} (ncnn, fp32 arithmetic, 1 thread)"
+        elif runtime == "executorch":
+            from buildsys.backends.executorch import run as run_pte
+
+            outputs, seconds = run_pte(files["model.pte"], samples, threads=1)
+            detail = f"{WHERE['host']} (ExecuTorch, XNNPACK, 1 thread)"
         else:
             from buildsys.backends.ort_runtime import run
 

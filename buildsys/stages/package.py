@@ -69,6 +69,8 @@ class PackageStage(Stage):
             "stage_keys": params.get("upstream_keys", {}),
             "tools": {name: tool_version(name) for name in ("python", *MANIFEST_TOOLS)},
         }
+        if "selection" in ctx.inputs:  # quantization: auto: the rung chosen, every rung's figures
+            manifest["quantization_choice"] = read_json(ctx.input("selection"))
         files: dict[str, bytes | Path] = {f"model/{n}": p for n, p in models.items()}
         files["manifest.json"] = canonical_json(manifest) + b"\n"
         archive = ctx.output(params["archive"])

@@ -1,5 +1,5 @@
-"""Latency and memory of a compiled artifact on the host (ORT CPU or LiteRT), with per-op
-times. Always says where it ran."""
+"""Latency and memory of a compiled artifact on the host (ORT CPU, LiteRT, ncnn or
+ExecuTorch), with per-op times where the runtime gives them. Always says where it ran."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ class ProfileStage(RuntimeStage):
 
             result = profile(files["model.tflite"], sample, warmup=params["warmup"],
                              runs=params["runs"], threads=ctx.threads)
+        elif params["runtime"] == "ncnn":
+            from buildsys.backends.ncnn import profile as profile_ncnn
+
+            result = profile_ncnn(files["model.ncnn.param"], files["model.ncnn.bin"], sample,
+                                  warmup=params["warmup"], runs=params["runs"],
+                                  threads=ctx.threads)
+        elif params["runtime"] == "executorch":
+            from buildsys.backends.executorch import profile as profile_pte
+
+            result = profile_pte(files["model.pte"], sample, warmup=params["warmup"],
+                                 runs=params["runs"], threads=ctx.threads)
         else:
             from buildsys.backends.ort_runtime import profile
 

@@ -61,6 +61,21 @@ class ReleaseIndexStage(Stage):
             validation = read_json(ctx.input(f"{base}/validate"))
             row["psnr_db"] = {n: o["psnr_db"] for n, o in validation["outputs"].items()}
             row["validation"] = validation["outputs"]
+            if "task_metrics" in validation:
+                task = row["task_metrics"] = validation["task_metrics"]
+                # beside the output's other figures too, where the report page reads them
+                row["validation"][task["output"]].update(task["variant"])
+        if "selection" in entry:
+            selection = read_json(ctx.input(f"{base}/selection"))
+            row["quantization_choice"] = {"chosen": selection["chosen"],
+                                          "budget": selection["budget"],
+                                          "objective": selection["objective"],
+                                          "rungs": selection["rungs"], "file": entry["selection"]}
+        if "sensitivity" in entry:
+            layers = read_json(ctx.input(f"{base}/sensitivity"))["layers"]
+            row["sensitivity"] = {"file": entry["sensitivity"], "layers": [
+                {k: layer[k] for k in ("tensor", "node", "op_type", "sqnr_db")}
+                for layer in layers[:5]]}
         return row
 
 

@@ -87,6 +87,7 @@ class Index:
         self._generation_lock = threading.Lock()
         self._token = self._read_generation()  # the last token this process saw or wrote
         self.foreign_changes = False  # another process changed records while we had it open
+        self._bumped = False
         self.damage: list[str] = []  # what was found damaged (and replaced) in this process
         self._guard = threading.Lock()
         self._cache = self._open()
@@ -197,7 +198,13 @@ class Index:
         return None
 
     def put_record(self, stage_key: str, record: StageRecord) -> None:
-        self.bump_generation()  # first: a reader never pairs the old token with new records
+        # Before the first record this process writes (a reader never pairs the old token
+        # with new records); once is enough: a record added never makes a stage that was up
+        # to date stale, and another process's token since then is noticed when this one
+        # vouches for the records (`generation`). Removals bump every time.
+        if not self._bumped:
+            self.bump_generation()
+            self._bumped = True
         self._set(RECORD + stage_key, record)
 
     def delete_record(self, stage_key: str) -> None:

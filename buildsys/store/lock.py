@@ -16,12 +16,16 @@ LOCK_VERSION = 1
 
 
 def lock_entry(stage_key: str, outputs: dict[str, dict[str, Any]],
-               measurements: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Key and output digests; measured outputs (timings) are named but not pinned."""
+               measurements: tuple[str, ...] = (),
+               notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Key and output digests; measured outputs (timings) are named but not pinned; `notes`
+    are figures a reader of the lock wants to see (e.g. the rung `auto` chose)."""
     entry: dict[str, Any] = {"key": stage_key, "outputs": {
         n: o["digest"] for n, o in sorted(outputs.items()) if n not in measurements}}
     if measurements:
         entry["measurements"] = sorted(n for n in outputs if n in measurements)
+    if notes:
+        entry["notes"] = notes
     return entry
 
 

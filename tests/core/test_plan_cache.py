@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from buildsys.plan.plan_cache import STAMP_DIR, PlanCache, cli_options, default_store_root
 from buildsys.project import find_project_root
 from buildsys.store.store import Store, default_cache_dir
@@ -255,3 +257,30 @@ def test_the_stamps_store_is_the_builds_store(tmp_path: Path, monkeypatch: objec
     assert default_store_root(root, "elsewhere") == default_cache_dir(root, "elsewhere")
     monkeypatch.setenv("MODELBUILD_CACHE_DIR", str(tmp_path / "env"))  # type: ignore[attr-defined]
     assert default_store_root(root, None) == default_cache_dir(root, None)
+
+
+def test_model_sources_are_found_once_per_version_of_them(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """plan/sources.py: a plan asks for a model's files once per variant and stage; they are
+    found once, and again only after one of them changed (an edit may add an import)."""
+    from buildsys.plan import sources
+
+    package = tmp_path / "memo_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "net.py").write_text("import os\n")
+    (package / "extra.py").write_text("")
+    finds = []
+    find = sources._find_module_files
+    monkeypatch.setattr(sources, "_find_module_files",
+                        lambda *args: finds.append(args) or find(*args))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    first = [sources.module_files("memo_pkg.net", tmp_path) for _ in range(36)]
+    assert len(finds) == 1 and all(files == first[0] for files in first)
+    assert package / "extra.py" not in first[0]
+    net = package / "net.py"
+    net.write_text("import os\nfrom memo_pkg import extra\n")
+    touch_later(net)
+    assert package / "extra.py" in sources.module_files("memo_pkg.net", tmp_path)
+    assert len(finds) == 2

@@ -10,9 +10,7 @@ searches harder, with fresh random examples each run.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +68,10 @@ def check(path: Path, text: str | bytes, expand: bool = True) -> None:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    # Expanding a model re-parses its source files every time (about 0.2 s for the tiny
-    # net, over 1 s for ffnet.yaml): memoise that here, the files do not change under us.
-    import buildsys.plan.pipeline as pipeline
-
-    original = pipeline.module_files
-    memo = functools.cache(lambda module, project: tuple(original(module, project)))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "module_files", lambda m, p: list(memo(m, p)))
-        yield tmp_path_factory.mktemp("fuzz")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A model's source files are found and parsed once per process (plan/sources.py), so
+    # expanding the same model again in every example costs nothing more.
+    return tmp_path_factory.mktemp("fuzz")
 
 
 @FUZZ
