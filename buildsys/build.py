@@ -171,6 +171,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
         options.plan_cache.discard()  # this build may change what the stamp describes
     store = open_store(recipe, options.cache_dir)
     stamp: Callable[[], bool] | None = None
+    pool = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
         attach_remote(store, options)
