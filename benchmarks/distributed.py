@@ -127,9 +127,11 @@ def main() -> None:
                     rows.append((f"--scheduler #{attempt}", wall, report))
             print(f"{recipe.name}, cold, {len(local['stages'])} stages "
                   f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):")
-            print(f"  {'':<15}{'command':>9}{'build':>9}{'stage sum':>11}{'overhead':>10}")
+            print(f"  {'':<15}{'built':>6}{'command':>9}{'build':>9}{'stage sum':>11}"
+                  f"{'overhead':>10}")
             for name, wall, report in rows:
-                print(f"  {name:<15}{wall:>8.1f}s{report['wall_time_s']:>8.1f}s"
+                built = sum(1 for s in report["stages"] if s["status"] == "built")
+                print(f"  {name:<15}{built:>6}{wall:>8.1f}s{report['wall_time_s']:>8.1f}s"
                       f"{stage_seconds(report):>10.1f}s{100 * (wall / local_wall - 1):>+9.1f}%")
 
             chain = tmp / "chain" / "chain.yaml"
