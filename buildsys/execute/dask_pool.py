@@ -123,11 +123,11 @@ class DaskPool:
             with contextlib.suppress(Exception):
                 cls = stage_class(kind)
                 if not cls.remote:
-                    specs.add((tuple(sorted(cls.requirements(params))), cls.max_threads))
+                    specs.add(tuple(sorted(cls.requirements(params))))
         if specs:
             with contextlib.suppress(Exception):
                 # (quick: each worker only starts processes; their imports run on their own)
-                self.client.run(warm_up, [[list(r), t] for r, t in sorted(specs)])
+                self.client.run(warm_up, [list(r) for r in sorted(specs)])
 
     # --- the pool interface -------------------------------------------------------------------
     def capacity(self) -> int:

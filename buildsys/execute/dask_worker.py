@@ -97,26 +97,21 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
         store.close()
 
 
-def warm_up(stages: list[tuple[list[str], int]], dask_worker: Any = None) -> int:
-    """Start, in the background, the zygotes a build's stages will want on this worker
-    (their requirements and max threads): their imports overlap the first stages instead of
-    each first stage of a kind waiting for them."""
+def warm_up(requirements: list[list[str]]) -> int:
+    """Start, in the background, the zygotes a build's stages will want on this worker (one
+    per preload set their requirements call for): their imports overlap the first stages
+    instead of each first stage of a kind waiting for them."""
     from buildsys.execute import zygote
 
     global _zygotes
     if not zygote.enabled():
         return 0
-    nthreads = dask_worker.state.nthreads  # (client.run passes the worker by that name)
-    per_worker = max(1, worker_cpus() // nthreads)
-    # The threads a stage gets here (LocalProcessPool._threads_and_cpus, slot 0 of one).
-    wanted = {(zygote.preload_for(requirements),
-               max(1, min(per_worker, max_threads)) if nthreads == 1 else 1)
-              for requirements, max_threads in stages}
+    wanted = {zygote.preload_for(needed) for needed in requirements}
     with _running_lock:
         if _zygotes is None:
             _zygotes = ZygotePool()
-        for modules, threads in sorted(wanted):
-            _zygotes.zygote(modules, threads)
+        for modules in sorted(wanted):
+            _zygotes.zygote(modules)
     return len(wanted)
 
 
