@@ -104,7 +104,9 @@ def warm_up(requirements: list[list[str]]) -> int:
     from buildsys.execute import zygote
 
     global _zygotes
-    if not zygote.enabled():
+    # With one CPU to itself, importing every preload set at once competes with the stage
+    # that runs meanwhile (measured on a 2-core machine with 2 workers): start them on demand.
+    if not zygote.enabled() or worker_cpus() < 2:
         return 0
     wanted = {zygote.preload_for(needed) for needed in requirements}
     with _running_lock:
