@@ -172,11 +172,15 @@ def run_build(recipe: Recipe, options: BuildOptions) -> int:
     store = open_store(recipe, options.cache_dir)
     pool = None
     stamp: Callable[[], bool] | None = None
+    pool = None
     try:
         store.sweep_tmp()  # what killed builds left in the store's temporary area
         attach_remote(store, options)
         plan = plan_build(recipe, store, options)
         pool = open_pool(store, options)
+        if pool is not None:
+            pool.warm_up([(p.node.kind, p.node.params) for p in plan.stages.values()
+                          if p.status == Status.RUN])
         progress = make_progress(len(plan.order), quiet=options.quiet, verbose=options.verbose)
         store.on_transfer(lambda text: progress.note("remote cache", text))
         jobs = options.jobs or len(os.sched_getaffinity(0))

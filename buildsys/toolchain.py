@@ -41,6 +41,7 @@ EXTRA_FOR: dict[str, str] = {
     "tf2onnx": "tensorflow",
     "matplotlib": "report",
     "jinja2": "report",
+    "distributed": "dask",  # not a stage's tool: what --scheduler and --workers need
 }
 
 

@@ -17,6 +17,7 @@ scheduler fails the build with its address; what finished is stored and the re-r
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -24,7 +25,14 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from buildsys.errors import ModelbuildError, StoreError, UsageError
-from buildsys.execute.dask_worker import kill_stages, run_stage, worker_label
+from buildsys.execute.dask_worker import (
+    WORKER_CPUS_ENV,
+    kill_stages,
+    run_stage,
+    warm_up,
+    worker_cpus,
+    worker_label,
+)
 from buildsys.execute.pool import StageJob, StageResult
 from buildsys.store.record import StageRecord
 from buildsys.store.store import Store
@@ -34,6 +42,7 @@ SCHEDULER_ENV = "MODELBUILD_SCHEDULER"
 WORKERS_TIMEOUT_S = 60  # for a first worker to join (a batch queue may take a while)
 RETRIES = 2  # for tasks that raised; a dead worker is the scheduler's allowed-failures
 KILL_TIMEOUT_S = 10
+WAIT_STEP_S = 0.5
 NOTES_EVERY_S = 1.0
 
 
@@ -58,6 +67,7 @@ class DaskPool:
         self._notes: dict[str, str] = {}
         self._notes_at = 0.0
         self._capacity = 1
+        self._cancelled = False
 
     # --- getting a cluster --------------------------------------------------------------------
     @classmethod
@@ -82,6 +92,8 @@ class DaskPool:
         # The workers are this machine: the simulator if its toolchain is installed, and AI
         # Hub as far as this machine reaches it (the planner skips AI Hub stages otherwise).
         resources = {"aihub": 1, **({"htp_sim": 1} if is_installed("onnxruntime-qnn") else {})}
+        # The workers share this machine's CPUs as -j shares them among local stages.
+        os.environ[WORKER_CPUS_ENV] = str(max(1, worker_cpus() // workers))
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
                                resources=resources)
@@ -101,6 +113,21 @@ class DaskPool:
 
     def _workers(self) -> dict[str, dict[str, Any]]:
         return dict(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+
+    def warm_up(self, planned: list[tuple[str, dict[str, Any]]]) -> None:
+        """Have every worker start the warm zygotes the stages planned to run will want."""
+        from buildsys.stages import stage_class
+
+        specs = set()
+        for kind, params in planned:
+            with contextlib.suppress(Exception):
+                cls = stage_class(kind)
+                if not cls.remote:
+                    specs.add(tuple(sorted(cls.requirements(params))))
+        if specs:
+            with contextlib.suppress(Exception):
+                # (quick: each worker only starts processes; their imports run on their own)
+                self.client.run(warm_up, [list(r) for r in sorted(specs)])
 
     # --- the pool interface -------------------------------------------------------------------
     def capacity(self) -> int:
@@ -140,7 +167,12 @@ class DaskPool:
                                         workers=workers, retries=RETRIES, pure=False)
             with self._lock:
                 self._futures[key] = future
-            return StageResult.from_dict(future.result())
+            while True:  # in steps: Ctrl-C must not wait on a scheduler that is gone
+                try:
+                    return StageResult.from_dict(future.result(timeout=WAIT_STEP_S))
+                except TimeoutError:
+                    if self._cancelled:
+                        raise CancelledError from None
         except KilledWorker as exc:
             return StageResult(False, error=f"{job.stage_id}: every worker that ran it died "
                                f"({_short(exc)}); not retried again (the scheduler's "
@@ -191,6 +223,7 @@ class DaskPool:
 
     def cancel_all(self) -> None:
         """Ctrl-C: cancel this build's tasks and end the stage processes they started."""
+        self._cancelled = True
         with self._lock:
             futures, keys = list(self._futures.values()), list(self._futures)
         if not futures:

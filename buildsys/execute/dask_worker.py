@@ -19,13 +19,20 @@ from typing import Any
 
 from buildsys.execute.local_pool import LocalPoolOptions, LocalProcessPool
 from buildsys.execute.pool import StageJob, make_record
+from buildsys.execute.zygote import ZygotePool
 
 WORKER_CACHE_ENV = "MODELBUILD_WORKER_CACHE_DIR"
+# The CPUs one worker's stages may use (default: the machine's, shared by its threads); set
+# when several workers share a machine, as a `--workers N` LocalCluster does.
+WORKER_CPUS_ENV = "MODELBUILD_WORKER_CPUS"
 
 # Stages running in this worker process (task key → the pool running it): Ctrl-C on the
 # coordinator ends their child processes through `kill_stages`.
 _running: dict[str, LocalProcessPool] = {}
 _running_lock = threading.Lock()
+# Warm workers (zygote.py) for the worker process's lifetime: a cluster worker runs many
+# stages of many builds, and each would otherwise pay `import torch` again. They end with it.
+_zygotes: ZygotePool | None = None
 
 
 class RemoteFailed(RuntimeError):
@@ -50,13 +57,18 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
     job = StageJob.from_dict(job_data)
     root = os.environ.get(WORKER_CACHE_ENV) or str(Path(worker.local_directory) / "modelbuild")
     store = Store(Path(root))
+    store.sweep_tmp()  # scratch directories of stage processes whose worker was killed
     # A fresh remote per stage: one that failed once is not used again by the same tier,
     # and a worker lives for many builds.
     remote = RemoteTier.open(remote_url, writable=True)
     store.attach_remote(remote)
     nthreads = worker.state.nthreads
-    pool = LocalProcessPool(store, LocalPoolOptions(jobs=nthreads, cpu_count=os.cpu_count() or 1))
+    global _zygotes
     with _running_lock:
+        if _zygotes is None:
+            _zygotes = ZygotePool()
+        pool = LocalProcessPool(store, LocalPoolOptions(
+            jobs=nthreads, cpu_count=worker_cpus(), zygotes=_zygotes))
         _running[task_key] = pool
     try:
         # One stage per worker thread: a single-threaded worker gives it the machine's cores
@@ -81,7 +93,36 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
     finally:
         with _running_lock:
             _running.pop(task_key, None)
+        pool.close()
         store.close()
+
+
+def warm_up(requirements: list[list[str]]) -> int:
+    """Start, in the background, the zygotes a build's stages will want on this worker (one
+    per preload set their requirements call for): their imports overlap the first stages
+    instead of each first stage of a kind waiting for them."""
+    from buildsys.execute import zygote
+
+    global _zygotes
+    # With one CPU to itself, importing every preload set at once competes with the stage
+    # that runs meanwhile (measured on a 2-core machine with 2 workers): start them on demand.
+    if not zygote.enabled() or worker_cpus() < 2:
+        return 0
+    wanted = {zygote.preload_for(needed) for needed in requirements}
+    with _running_lock:
+        if _zygotes is None:
+            _zygotes = ZygotePool()
+        for modules in sorted(wanted):
+            _zygotes.zygote(modules)
+    return len(wanted)
+
+
+def worker_cpus() -> int:
+    chosen = os.environ.get(WORKER_CPUS_ENV, "")
+    if chosen.isdigit() and int(chosen) > 0:
+        return int(chosen)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
 
 
 def kill_stages(task_keys: list[str]) -> int:

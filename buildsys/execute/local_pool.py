@@ -41,6 +41,9 @@ class LocalPoolOptions:
     # (kind, params) of the stages planned to run: warm workers (execute/zygote.py) preload
     # their libraries. None: every stage starts a fresh interpreter.
     warm: list[tuple[str, dict[str, Any]]] | None = None
+    # Zygotes that outlive this pool (a Dask worker's, kept across its stages): used instead
+    # of starting the pool's own, and not closed with it.
+    zygotes: zygote.ZygotePool | None = None
 
 
 class LocalProcessPool:
@@ -57,6 +60,8 @@ class LocalProcessPool:
         # emulator must start the interpreter itself).
         self._zygotes = None if options.inline or options.run_under or options.warm is None \
             or not zygote.enabled() else zygote.ZygotePool(options.warm)
+        if options.zygotes is not None and zygote.enabled():
+            self._zygotes = options.zygotes
 
     def capacity(self) -> int:
         return max(1, self.options.jobs)
@@ -87,7 +92,7 @@ class LocalProcessPool:
         self._kill_all()
 
     def close(self) -> None:
-        if self._zygotes is not None:
+        if self._zygotes is not None and self._zygotes is not self.options.zygotes:
             self._zygotes.close()
 
     @staticmethod

@@ -301,9 +301,14 @@ def test_local_cluster_retries_a_dead_worker_boundedly(tmp_path: Path) -> None:
     a stage that kills the worker running it is tried on a second worker, then fails naming
     the limit (allowed-failures 1 here); -k builds the independent stage meanwhile."""
     project = Project(tmp_path)
-    kill_my_worker = ("import os; ppid = os.getppid(); "
-                      "stat = open(f'/proc/{ppid}/stat').read().rsplit(') ', 1)[1].split(); "
-                      "os.kill(int(stat[1]), 9)")  # the stage process's parent: the worker
+    # Up from the command past the stage process (and the zygote it forked from, if any) to
+    # the Dask worker process, which it kills.
+    kill_my_worker = (
+        "import os\n"
+        "pid = os.getppid()\n"
+        "while b'buildsys.execute' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+        "    pid = int(open(f'/proc/{pid}/stat').read().rsplit(') ', 1)[1].split()[1])\n"
+        "os.kill(pid, 9)\n")
     project.write("recipe.yaml", yaml.safe_dump({"recipe": "crash", "steps": {
         "fine": {"cmd": [PY, "-c", "open('fine.txt', 'w').write('fine')"],
                  "outs": ["fine.txt"]},

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 TOOLCHAIN_EXTRAS = {"onnx", "torch", "qualcomm", "tflite", "report", "ncnn", "executorch",
-                    "tensorrt", "tensorflow"}
+                    "tensorrt", "tensorflow", "dask"}
 # Extras `all` leaves out, and why (pyproject.toml says it too).
 NOT_IN_ALL = {"tensorrt": "NVIDIA's wheels download from pypi.nvidia.com; GPU machines only"}
 
