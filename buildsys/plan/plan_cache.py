@@ -130,8 +130,11 @@ class PlanCache:
             "format": FORMAT, "recipe": str(self.recipe), "recipe_sha256": self.recipe_digest,
             "options": dict(sorted(options.items())),
             "python": [sys.executable, sys.version], "host": platform.node(),
-            "env": {k: v for k, v in sorted(os.environ.items())
-                    if k.startswith(ENV_PREFIX) and k not in _IGNORED_ENV},
+            # A digest, not the values: the stamp is a file in the store, and a variable may
+            # hold something private.
+            "env_sha256": hashlib.sha256(json.dumps(
+                {k: v for k, v in sorted(os.environ.items())
+                 if k.startswith(ENV_PREFIX) and k not in _IGNORED_ENV}).encode()).hexdigest(),
         }
         name = hashlib.sha256(json.dumps([str(self.recipe), self.context["options"]],
                                          sort_keys=True).encode()).hexdigest()[:32]
