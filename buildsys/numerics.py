@@ -62,15 +62,19 @@ def _kernel_class(has_avx2_fma: bool) -> str:
 
 
 @cache
-def host_kernel_class() -> str:
-    """This machine's class, from /proc/cpuinfo (cheap: the planner asks on every build)."""
+def _host_cpu_flags() -> frozenset[str]:
+    """The CPU flags /proc/cpuinfo lists (read once: the planner asks on every build)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
+            return frozenset(next((line.split(":", 1)[1].split() for line in f
+                                   if line.startswith("flags")), []))
     except OSError:
-        flags = []
-    return _kernel_class({"avx2", "fma"} <= set(flags))
+        return frozenset()
+
+
+def host_kernel_class() -> str:
+    """This machine's class, from /proc/cpuinfo."""
+    return _kernel_class({"avx2", "fma"} <= _host_cpu_flags())
 
 
 def running_kernel_class() -> str:
@@ -110,16 +114,9 @@ def _simd_class(present: set[str]) -> str:
     return "x86-64 " + ("+".join(names) if names else "SSE only")
 
 
-@cache
 def host_simd_class() -> str:
-    """This machine's SIMD class, from /proc/cpuinfo (cheap: the planner asks)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return _simd_class(set(flags))
+    """This machine's SIMD class, from /proc/cpuinfo."""
+    return _simd_class(set(_host_cpu_flags()))
 
 
 def running_simd_class() -> str:

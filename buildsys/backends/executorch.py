@@ -188,7 +188,7 @@ def profile(path: Path, sample: dict[str, np.ndarray], warmup: int = 2, runs: in
             threads: int = 1) -> dict[str, Any]:
     """Latency / memory of the .pte on the host CPU (XNNPACK with `threads` threads); a
     JSON-able dict."""
-    from buildsys.backends.ort_runtime import host_cpu, latency_summary, peak_rss_mb
+    from buildsys.backends.ort_runtime import host_run_figures
 
     if not isinstance(warmup, int) or not isinstance(runs, int) or runs < 1 or warmup < 0:
         raise StageError(f"profile needs runs >= 1 and warmup >= 0 (got {runs}, {warmup})")
@@ -200,15 +200,8 @@ def profile(path: Path, sample: dict[str, np.ndarray], warmup: int = 2, runs: in
     lat = [_execute(method, sample)[1] for _ in range(runs)]
     return {
         "where": WHERE,
-        "device": "host",
-        "cpu": host_cpu(),
+        **host_run_figures(load_s, warmup, lat),
         "runtime": f"executorch {_version('executorch')} (XNNPACK delegate)",
         "threads": threads,
-        "load_time_ms": round(load_s * 1e3, 3),
-        "warmup_runs": warmup,
-        "latency_ms": latency_summary(lat),
-        "peak_memory_mb": peak_rss_mb(),
-        "peak_memory_scope": "peak RSS of the whole worker process (ru_maxrss), not the model "
-        "alone",
         "model_bytes": Path(path).stat().st_size,
     }

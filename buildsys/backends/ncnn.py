@@ -222,7 +222,7 @@ def profile(param: Path, weights: Path, sample: dict[str, np.ndarray], warmup: i
             runs: int = 10, threads: int = 1) -> dict[str, Any]:
     """Latency / memory of the NCNN model on the host CPU; a JSON-able dict. A run is one
     extraction with a fresh extractor (inputs set, every output computed)."""
-    from buildsys.backends.ort_runtime import host_cpu, latency_summary, peak_rss_mb
+    from buildsys.backends.ort_runtime import host_run_figures
 
     if not isinstance(warmup, int) or not isinstance(runs, int) or runs < 1 or warmup < 0:
         raise StageError(f"profile needs runs >= 1 and warmup >= 0 (got {runs}, {warmup})")
@@ -235,16 +235,9 @@ def profile(param: Path, weights: Path, sample: dict[str, np.ndarray], warmup: i
     lat = [_extract(net, sample, ins, outs)[1] for _ in range(runs)]
     return {
         "where": WHERE,
-        "device": "host",
-        "cpu": host_cpu(),
+        **host_run_figures(load_s, warmup, lat),
         "runtime": f"ncnn {_version('ncnn')} (CPU, fp32 arithmetic)",
         "threads": threads,
-        "load_time_ms": round(load_s * 1e3, 3),
-        "warmup_runs": warmup,
-        "latency_ms": latency_summary(lat),
-        "peak_memory_mb": peak_rss_mb(),
-        "peak_memory_scope": "peak RSS of the whole worker process (ru_maxrss), not the model "
-        "alone",
         "model_bytes": Path(param).stat().st_size + Path(weights).stat().st_size,
     }
 

@@ -377,6 +377,21 @@ def latency_summary(seconds: list[float]) -> dict[str, Any]:
     }
 
 
+def host_run_figures(load_s: float, warmup: int, latencies: list[float]) -> dict[str, Any]:
+    """What every host-CPU profile reports, whichever runtime ran the model: the machine, load
+    time, warm-up, latency summary and the worker's peak memory."""
+    return {
+        "device": "host",
+        "cpu": host_cpu(),
+        "load_time_ms": round(load_s * 1e3, 3),
+        "warmup_runs": warmup,
+        "latency_ms": latency_summary(latencies),
+        "peak_memory_mb": peak_rss_mb(),
+        "peak_memory_scope": "peak RSS of the whole worker process (ru_maxrss), not the model "
+        "alone",
+    }
+
+
 def _per_op(profile_path: Path, runs: int, top: int) -> list[dict[str, Any]]:
     """Aggregate node kernel times by op type over the last `runs` model_run events."""
     events = json.loads(profile_path.read_text())
@@ -446,15 +461,8 @@ def profile(
     return {
         "where": f"host CPU (onnxruntime {ort.__version__}, {threads} "
         f"thread{'s' if threads != 1 else ''})",
-        "device": "host",
-        "cpu": host_cpu(),
+        **host_run_figures(load_s, warmup, lat),
         "optimization_level": level,
-        "load_time_ms": round(load_s * 1e3, 3),
-        "warmup_runs": warmup,
-        "latency_ms": latency_summary(lat),
-        "peak_memory_mb": peak_rss_mb(),
-        "peak_memory_scope": "peak RSS of the whole worker process (ru_maxrss), not the model "
-        "alone",
         "per_op": per_op,
         "per_op_source": "onnxruntime profiler, kernel time by op type over the measured runs",
     }

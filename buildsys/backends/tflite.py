@@ -324,7 +324,7 @@ def profile(
     already set). The interpreter applies its default XNNPACK CPU delegate. This is the build
     machine, not a phone.
     """
-    from buildsys.backends.ort_runtime import host_cpu, latency_summary, peak_rss_mb
+    from buildsys.backends.ort_runtime import host_run_figures
 
     if not isinstance(warmup, int) or not isinstance(runs, int) or runs < 1 or warmup < 0:
         raise StageError(f"profile needs runs >= 1 and warmup >= 0 (got {runs}, {warmup})")
@@ -345,15 +345,8 @@ def profile(
 
     return {
         "where": WHERE,
-        "device": "host",
-        "cpu": host_cpu(),
+        **host_run_figures(load_s, warmup, lat),
         "runtime": f"ai-edge-litert {litert_rt_version} (default XNNPACK CPU delegate)",
         "threads": threads,
-        "load_time_ms": round(load_s * 1e3, 3),
-        "warmup_runs": warmup,
-        "latency_ms": latency_summary(lat),
-        "peak_memory_mb": peak_rss_mb(),
-        "peak_memory_scope": "peak RSS of the whole worker process (ru_maxrss), not the model "
-        "alone",
         "model_bytes": path.stat().st_size,
     }
