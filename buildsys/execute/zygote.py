@@ -11,7 +11,7 @@ its request pipe close and kills its children; a child whose zygote died kills i
 Fork safety: a zygote must have one thread when it forks (a lock held by another thread would
 stay locked forever in the child). It therefore imports only libraries that start no thread
 at import — torch, onnx, numpy, aimet_torch, checked at start — never onnxruntime (its import
-starts a thread; it costs a stage 0.2 s), and computes nothing (torch's and OpenMP's thread
+starts a thread on some CPUs, not on others; it costs a stage 0.2 s), and computes nothing (torch's and OpenMP's thread
 pools start at the first operation, in the child). It is started with the worker's
 environment — the pinned kernels of `numerics.py`, one thread — because the numeric libraries
 read it when they load; a child then sets its stage's thread count as a fresh worker does
@@ -47,7 +47,7 @@ from buildsys.numerics import pin_kernels
 
 ENABLE_ENV = "MODELBUILD_ZYGOTE"
 # What a stage kind's requirements make worth importing once (distribution → module). Only
-# libraries that start no thread at import: onnxruntime does, so it is never preloaded.
+# libraries that start no thread at import: onnxruntime may, so it is never preloaded.
 LIGHT: tuple[str, ...] = ()
 ARRAYS = ("numpy",)  # datasets, validation, packaging: no model library (0.5 s, not 6 s)
 ML = ("numpy", "onnx", "torch")

@@ -117,10 +117,17 @@ def test_a_segfault_fails_only_its_stage_and_the_zygote_serves_on(project: Proje
         "the stage was not forked from a warm zygote"
 
 
-def test_a_zygote_with_a_thread_refuses_to_fork(tmp_path: Path) -> None:
-    """onnxruntime starts a thread when imported: forking then is unsafe, so the zygote says
-    so and the runner starts a fresh interpreter instead (ZygoteGone)."""
-    zygote = Zygote(("onnxruntime",), 1)
+def test_a_zygote_with_a_thread_refuses_to_fork(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library that starts a thread when imported (onnxruntime does on some CPUs, not on
+    others) makes forking unsafe, so the zygote says so and the runner starts a fresh
+    interpreter instead (ZygoteGone). The module here starts its thread on every machine."""
+    (tmp_path / "starts_a_thread.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    zygote = Zygote(("starts_a_thread",), 1)
     try:
         (tmp_path / "job.json").write_text("{}")
         with pytest.raises(ZygoteGone, match="threads"):
