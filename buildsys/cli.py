@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "'all' for every group)")
     parser.add_argument("--offline", action="store_true", help="plan AI Hub stages as skipped")
     parser.add_argument("--run-under", metavar="COMMAND", help="start every stage worker "
-                        "under this command, e.g. 'qemu-x86_64 -cpu Haswell' to build on "
-                        "another CPU model, or 'nice -n 10'")
+                        "(and warm worker) under this command, e.g. 'qemu-x86_64 -cpu Haswell' "
+                        "to build on another CPU model, or 'nice -n 10'")
     parser.add_argument("--remote", metavar="URL", help="shared remote cache: s3://BUCKET/PREFIX"
                         " (credentials from AWS_* or a profile) or a directory (default: "
                         "$MODELBUILD_REMOTE)")

@@ -56,10 +56,10 @@ class LocalProcessPool:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._scratches: dict[str, Path] = {}  # running stage → its scratch directory
-        # Warm workers: started when the first stage runs (not under --run-under: the
-        # emulator must start the interpreter itself).
-        self._zygotes = None if options.inline or options.run_under or options.warm is None \
-            or not zygote.enabled() else zygote.ZygotePool(options.warm)
+        # Warm workers: started when the first stage runs (under --run-under's command when
+        # one is given: an emulator then runs the zygote, and its children are its forks).
+        self._zygotes = None if options.inline or options.warm is None \
+            or not zygote.enabled() else zygote.ZygotePool(options.warm, options.run_under)
         if options.zygotes is not None and zygote.enabled():
             self._zygotes = options.zygotes
 

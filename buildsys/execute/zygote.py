@@ -9,20 +9,23 @@ so a SIGKILLed build leaves nothing half-recorded. When the coordinator dies, th
 its request pipe close and kills its children; a child whose zygote died kills itself.
 
 Fork safety: a zygote must have one thread when it forks (a lock held by another thread would
-stay locked forever in the child). It therefore imports only libraries that start no thread
-at import — torch, onnx, numpy, aimet_torch, checked at start — never onnxruntime (its import
-starts a thread on some CPUs, not on others; it costs a stage 0.2 s), and computes nothing (torch's and OpenMP's thread
+stay locked forever in the child); under qemu-user, the emulator's own thread aside. It
+therefore imports only libraries that start no thread at import — torch, onnx, numpy,
+aimet_torch, checked at start — never onnxruntime (its import starts a thread on some CPUs,
+not on others; it costs a stage 0.2 s), and computes nothing (torch's and OpenMP's thread
 pools start at the first operation, in the child). It is started with the worker's
 environment — the pinned kernels of `numerics.py`, one thread — because the numeric libraries
 read it when they load; a child then sets its stage's thread count as a fresh worker does
 (torch and onnxruntime take it by call: `torch.set_num_threads`, session options; bytes never
-depend on it, see numerics.py). A zygote that has more than one thread refuses to fork, and
-the stage runs in a fresh `python -m buildsys.execute.worker` as before.
+depend on it, see numerics.py). A zygote that has more threads than it started with refuses to
+fork, and the stage runs in a fresh `python -m buildsys.execute.worker` as before.
 
     coordinator ──{"id", "job", "log", "cwd"}──▶ zygote ──fork──▶ child: run_job(job.json)
                 ◀──{"id", "pid"} then {"id", "exit"}──
 
-Set MODELBUILD_ZYGOTE=0 to start a fresh interpreter per stage instead.
+Under `--run-under` the zygote starts under that command (an emulator runs it, and its
+children are emulated forks of it). Set MODELBUILD_ZYGOTE=0 to start a fresh interpreter per
+stage instead.
 """
 
 from __future__ import annotations
@@ -89,10 +92,13 @@ class ZygoteGone(Exception):
 class Zygote:
     """One zygote process: preloads `modules`, forks per request."""
 
-    def __init__(self, modules: tuple[str, ...], threads: int = 1) -> None:
+    def __init__(self, modules: tuple[str, ...], threads: int = 1,
+                 run_under: tuple[str, ...] = ()) -> None:
         self.modules = modules
+        # Under an emulator (`--run-under qemu-x86_64 -cpu EPYC`) the zygote is the emulated
+        # process and its children are forks of it: emulated too.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "buildsys.execute.zygote", *modules],
+            [*run_under, sys.executable, "-m", "buildsys.execute.zygote", *modules],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=worker_env(threads), start_new_session=True, close_fds=True)
         self._send_lock = threading.Lock()
@@ -174,8 +180,10 @@ class ZygotePool:
     When the first stage spawns, zygotes for every kind of stage planned to run start too, so
     their imports overlap the stages that run before them."""
 
-    def __init__(self, planned: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+    def __init__(self, planned: Iterable[tuple[str, dict[str, Any]]] = (),
+                 run_under: Iterable[str] = ()) -> None:
         self._planned = list(planned)  # (kind, params) of the stages planned to run
+        self._run_under = tuple(run_under)
         self._zygotes: dict[tuple[str, ...], Zygote] = {}
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_all, self._zygotes)
@@ -184,9 +192,9 @@ class ZygotePool:
         with self._lock:
             if not self._zygotes:
                 for other in sorted(_preloads(self._planned) - {modules}):
-                    self._zygotes[other] = Zygote(other)
+                    self._zygotes[other] = Zygote(other, run_under=self._run_under)
             if modules not in self._zygotes or self._zygotes[modules].process.poll() is not None:
-                self._zygotes[modules] = Zygote(modules)
+                self._zygotes[modules] = Zygote(modules, run_under=self._run_under)
             return self._zygotes[modules]
 
     def run(self, scratch: Path, log: Path, timeout: float | None,
@@ -280,6 +288,9 @@ def _end_with(parent: int) -> None:
 
 
 def serve(modules: list[str]) -> None:
+    # The threads this process has before it imports anything: 1, or 2 under qemu-user (its
+    # own RCU thread, which it handles across fork). Any thread beyond those is a library's.
+    baseline = _thread_count()
     try:  # children are watched through pidfds (Linux ≥ 5.3); without them, no zygote
         os.close(os.pidfd_open(os.getpid()))
     except (AttributeError, OSError):
@@ -314,9 +325,9 @@ def serve(modules: list[str]) -> None:
                 for line in lines:
                     request = json.loads(line)
                     threads = _thread_count()
-                    if threads != 1:
+                    if threads != baseline:
                         _reply({"id": request["id"], "error": f"the zygote has {threads} "
-                                f"threads: forking it is not safe"})
+                                f"threads, not {baseline}: forking it is not safe"})
                         continue
                     pid = os.fork()
                     if pid == 0:
