@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class Recipe:
         """The recipe's directory: its relative paths (files, steps, settings) start here."""
         return self.path.parent
 
-    @property
+    @cached_property  # walks up the directory tree; asked once per stage while planning
     def project_root(self) -> Path:
         """Where the store, build/ and release/ go (buildsys/project.py)."""
         return find_project_root(self.project_dir)

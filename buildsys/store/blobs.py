@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import socket
 import stat
@@ -22,6 +23,7 @@ from pathlib import Path
 from buildsys.errors import StoreError
 from buildsys.hashing import ALGORITHM, digest_file
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _HOST = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
 
@@ -49,12 +51,13 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.cas = root / "cas"
+        self._cas = str(self.cas)
         self.tmp = root / "tmp"
 
     def _path(self, digest: str) -> Path:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        if not _DIGEST.fullmatch(digest):
             raise StoreError(f"not a blob digest: {digest!r}")
-        return self.cas / digest[:2] / digest
+        return Path(f"{self._cas}/{digest[:2]}/{digest}")
 
     def path_of(self, digest: str) -> Path:
         """Where the blob lives; for the store's own checks (stat fingerprints) only."""

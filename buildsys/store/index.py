@@ -325,3 +325,15 @@ class Index:
 
     def set_stat(self, path: str, value: Any) -> None:
         self._set(STAT + path, value)
+
+    def set_stats(self, entries: dict[str, Any]) -> None:
+        """Many stat entries in one transaction (one commit instead of one per entry)."""
+        try:
+            with self._cache.transact():
+                for path, value in entries.items():
+                    self._cache.set(STAT + path, _seal(value))
+            return
+        except (sqlite3.Error, OSError):
+            pass  # entry by entry, as _set does: it repairs a damaged index or says why not
+        for path, value in entries.items():
+            self._set(STAT + path, value)

@@ -53,6 +53,7 @@ class Store:
         self._uploads_lock = threading.Lock()
 
     def close(self) -> None:
+        self.stats.flush()
         if self.remote is not None:
             self.finish_uploads()
             self.remote.close()
