@@ -285,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             show_stages("cold", r.cold)
             for i, n in enumerate(r.noops, 1):
                 print(f"modelbuild, no-op {i}: {n.seconds:.2f} s; {n.summary}")
+            print("  (the cold build ran with --report, which writes no plan-cache stamp: "
+                  "the first no-op plans fully and stamps, the next are answered by the stamp)")
             show_stages("one change", r.change)
     return 0
 

@@ -3,7 +3,9 @@
     python prepare.py calibration   # the first `calibration` (params.yaml) calibration photos
     python prepare.py validation    # the two validation photos
 
-The same photos, order and preprocessing as the modelbuild recipe: RGB, bilinear resize to
+The last calibration photo (ihc) widens most activation ranges, so calibrating on 7 instead of
+8 changes the quantized model and the one-change run goes through to validation. The same
+photos, order and preprocessing as the modelbuild recipe: RGB, bilinear resize to
 64×64 (Pillow), float32 in [0, 1], NCHW.
 """
 
@@ -16,8 +18,8 @@ import yaml
 from PIL import Image
 
 CALIBRATION = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "camera",
-               "coins", "brick"]
-VALIDATION = ["ihc", "retina"]
+               "coins", "ihc"]
+VALIDATION = ["brick", "retina"]
 
 split = sys.argv[1]
 if split == "calibration":

@@ -1,6 +1,7 @@
-"""DVC stage `quantize`: ONNX Runtime static quantization, QDQ, int8 weights (symmetric) and
-uint8 activations, MinMax calibration on data/calibration.npz (the settings modelbuild's
-onnxruntime engine uses for w8a8)."""
+"""DVC stage `quantize`: ONNX Runtime static quantization to QDQ, int8 weights (symmetric) and
+uint8 activations, MinMax calibration on data/calibration.npz — the same calls modelbuild's
+onnxruntime engine makes for w8a8: `quant_pre_process`, then ORT's QNN-ready QDQ config
+(`get_qnn_qdq_config`, so the model also runs on the HTP) and `quantize`."""
 
 import tempfile
 from pathlib import Path
@@ -9,11 +10,11 @@ import numpy as np
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
-    QuantFormat,
     QuantType,
     quant_pre_process,
-    quantize_static,
+    quantize,
 )
+from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
 
 class Reader(CalibrationDataReader):
@@ -35,7 +36,8 @@ images = np.load("data/calibration.npz")["image"]
 with tempfile.TemporaryDirectory() as tmp:
     pre = str(Path(tmp) / "preprocessed.onnx")
     quant_pre_process("model.onnx", pre, skip_symbolic_shape=False)
-    quantize_static(pre, "model.qdq.onnx", Reader(images), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=False, calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    config = get_qnn_qdq_config(pre, Reader(images), calibrate_method=CalibrationMethod.MinMax,
+                                activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=False,
+                                weight_symmetric=True)
+    quantize(pre, "model.qdq.onnx", config)
