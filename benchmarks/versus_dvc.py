@@ -177,7 +177,10 @@ class Modelbuild:
         self.env = base_env(dict(item.split("=", 1) for item in args.env))
         self.project = root / "modelbuild-project"
         self.project.mkdir()
-        shutil.copyfile(PROJECT / "recipe.yaml", self.project / "recipe.yaml")
+        recipe = (PROJECT / "recipe.yaml").read_text()
+        if args.change == "split":  # the scheme calibrates on the whole split, whatever its size
+            recipe = re.sub(r",\s*samples: \d+", "", recipe)
+        (self.project / "recipe.yaml").write_text(recipe)
         # The project root: its store is .cache/ here.
         (self.project / "pyproject.toml").write_text("")
 
