@@ -319,7 +319,9 @@ def serve(modules: list[str]) -> None:
                     for _, pid in children.values():
                         with contextlib.suppress(ProcessLookupError, PermissionError):
                             os.killpg(pid, signal.SIGKILL)
-                    return
+                    # Nothing to flush or save: skip the interpreter's teardown of torch and
+                    # AIMET (≈ 1 s at the end of every build).
+                    os._exit(0)
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
