@@ -78,7 +78,9 @@ def attach_remote(store: Store, options: BuildOptions) -> None:
 
 def open_pool(store: Store, options: BuildOptions) -> DaskPool | None:
     """The Dask pool of --scheduler or --workers, or None for the local process pool.
-    Stages and this machine exchange bytes through the remote cache only, so one is needed."""
+    A cluster's workers and this machine exchange bytes through the remote cache, so one is
+    needed; the workers of --workers share this machine's store instead (and also push to a
+    remote cache, as a local build does, when one is given)."""
     from buildsys.execute.dask_pool import SCHEDULER_ENV, DaskPool
 
     address = options.scheduler or os.environ.get(SCHEDULER_ENV, "").strip() or None
@@ -89,6 +91,11 @@ def open_pool(store: Store, options: BuildOptions) -> DaskPool | None:
         raise UsageError("--scheduler and --workers: give one (a running cluster, or a local "
                          "one started for this build)")
     url = None if options.no_remote else remote_from_env(options.remote)
+    if url is not None and "://" not in url:  # a directory: found by the same absolute path
+        url = str(Path(url).expanduser().resolve())
+    if options.workers:
+        writable = url is not None and store.remote is not None and store.remote.writable
+        return DaskPool.start_local(options.workers, store, url if writable else None)
     if url is None or store.remote is None:
         raise UsageError(f"{flag}: stages travel to the workers through a shared cache: give "
                          f"--remote s3://BUCKET/PREFIX, or --remote DIRECTORY that this "
@@ -96,10 +103,6 @@ def open_pool(store: Store, options: BuildOptions) -> DaskPool | None:
     if not store.remote.writable:
         raise UsageError(f"{flag}: the workers upload what they build to the remote cache: "
                          f"not with --remote-read-only")
-    if "://" not in url:  # a directory: the workers must find it by the same absolute path
-        url = str(Path(url).expanduser().resolve())
-    if options.workers:
-        return DaskPool.start_local(options.workers, store, url)
     assert address is not None
     return DaskPool.connect(address, store, url)
 

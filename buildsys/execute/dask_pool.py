@@ -5,7 +5,9 @@ Bytes travel through the shared remote cache, never through the scheduler: befor
 submitted its inputs are on the remote (uploaded from here if only this machine has them);
 the task is the stage as plain data; the worker (`dask_worker.py`) fetches the inputs by
 digest, runs the stage, uploads outputs and record; back here the outputs are downloaded into
-this machine's store and build directory. One task per stage, each with its own resource
+this machine's store and build directory. The workers of a LocalCluster are on this machine:
+they share its store (nothing is copied between stores; a remote, if given, is pushed to as
+by a local build). One task per stage, each with its own resource
 restrictions (resources given to a whole graph can be lost: dask/distributed#3445).
 
 Faults: a worker that dies mid-stage has its task run elsewhere by the scheduler, at most
@@ -17,7 +19,6 @@ scheduler fails the build with its address; what finished is stored and the re-r
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from typing import Any
 
 from buildsys.errors import ModelbuildError, StoreError, UsageError
 from buildsys.execute.dask_worker import (
+    WORKER_CACHE_ENV,
     WORKER_CPUS_ENV,
     kill_stages,
     run_stage,
@@ -54,13 +56,16 @@ class DaskPool:
     name = "dask"
     reads_local_store = False  # stages read blobs from the shared remote cache
 
-    def __init__(self, client: Any, address: str, store: Store, remote_url: str,
+    def __init__(self, client: Any, address: str, store: Store, remote_url: str | None,
                  cluster: Any = None) -> None:
         self.client = client
         self.address = address
         self.store = store
         self.remote_url = remote_url
         self.cluster = cluster  # a LocalCluster this pool started (and stops)
+        # A LocalCluster's workers use this machine's store: their stages read its blobs.
+        self.shares_store = cluster is not None
+        self.reads_local_store = self.shares_store
         self._lock = threading.Lock()
         self._futures: dict[str, Any] = {}  # task key → future
         self._stage_of: dict[str, str] = {}  # task key → stage id
@@ -84,19 +89,22 @@ class DaskPool:
         return pool
 
     @classmethod
-    def start_local(cls, workers: int, store: Store, remote_url: str) -> DaskPool:
-        """A LocalCluster of `workers` single-threaded worker processes on 127.0.0.1."""
+    def start_local(cls, workers: int, store: Store, remote_url: str | None) -> DaskPool:
+        """A LocalCluster of `workers` single-threaded worker processes on 127.0.0.1, sharing
+        this machine's store (`remote_url`: a remote they push to as well, or None)."""
         Client = _client_class("--workers")
         from distributed import LocalCluster
 
         # The workers are this machine: the simulator if its toolchain is installed, and AI
         # Hub as far as this machine reaches it (the planner skips AI Hub stages otherwise).
         resources = {"aihub": 1, **({"htp_sim": 1} if is_installed("onnxruntime-qnn") else {})}
-        # The workers share this machine's CPUs as -j shares them among local stages.
-        os.environ[WORKER_CPUS_ENV] = str(max(1, worker_cpus() // workers))
+        # The workers share this machine's CPUs as -j shares them among local stages, and
+        # its store.
+        env = {WORKER_CPUS_ENV: str(max(1, worker_cpus() // workers)),
+               WORKER_CACHE_ENV: str(store.root)}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None,
-                               resources=resources)
+                               resources=resources, env=env)
         client = Client(cluster, set_as_default=False)
         pool = cls(client, str(cluster.scheduler_address), store, remote_url, cluster)
         pool._wait_for_workers()
@@ -134,7 +142,10 @@ class DaskPool:
         return self._capacity
 
     def provide(self, digest: str, label: str) -> bool:
-        """On the remote cache, uploaded from here when only this machine has it."""
+        """On the remote cache, uploaded from here when only this machine has it (in this
+        machine's store, for the workers of a LocalCluster)."""
+        if self.shares_store:
+            return self.store.fetch_blob(digest, label=label)
         remote = self.store.remote
         if remote is None or not remote.available:
             return False
@@ -196,6 +207,8 @@ class DaskPool:
         # The worker uploaded blobs and record. Intermediates stay there, like remote hits
         # (remembered, so the next build asks nothing); release archives and leaves come
         # here, blobs first and the record last.
+        if self.shares_store:  # the worker stored both here already
+            return True
         if not needed_here:
             self.store.machine.remember_remote(record["key"], record)
             return False

@@ -1,7 +1,8 @@
 """What a Dask worker runs for modelbuild: one stage, given as plain data, on its own store.
 
 The worker keeps a store of its own (`$MODELBUILD_WORKER_CACHE_DIR`, else inside the Dask
-worker's local directory) with the build's shared remote cache behind it. It fetches the
+worker's local directory; a LocalCluster's workers share the coordinator's) with the build's
+shared remote cache behind it. It fetches the
 stage's inputs from there by digest, runs the stage through the local process pool (its own
 child process, as on a laptop: a segfault fails only that stage), uploads the outputs and
 then the record, and returns the result. A worker killed at any point has uploaded no
@@ -46,7 +47,8 @@ def worker_label(name: object, address: str) -> str:
         and name != address else address
 
 
-def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[str, Any]:
+def run_stage(job_data: dict[str, Any], remote_url: str | None,
+              task_key: str) -> dict[str, Any]:
     from distributed import get_worker
 
     from buildsys.store.remote import RemoteTier
@@ -59,9 +61,11 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
     store = Store(Path(root))
     store.sweep_tmp()  # scratch directories of stage processes whose worker was killed
     # A fresh remote per stage: one that failed once is not used again by the same tier,
-    # and a worker lives for many builds.
-    remote = RemoteTier.open(remote_url, writable=True)
-    store.attach_remote(remote)
+    # and a worker lives for many builds. (None: a LocalCluster's worker, sharing the
+    # coordinator's store, with no remote to push to.)
+    remote = RemoteTier.open(remote_url, writable=True) if remote_url else None
+    if remote is not None:
+        store.attach_remote(remote)
     nthreads = worker.state.nthreads
     global _zygotes
     with _running_lock:
@@ -83,10 +87,10 @@ def run_stage(job_data: dict[str, Any], remote_url: str, task_key: str) -> dict[
             store.put_record(job.key, record)
             store.push(job.key, record)  # blobs first, then the record (create-only)
             store.finish_uploads()
-            if remote.failure is not None:
+            if remote is not None and remote.failure is not None:
                 raise RemoteFailed(f"worker {label}: the remote cache {remote.name} failed "
                                    f"({remote.failure}); outputs of {job.stage_id} not shared")
-        elif not result.ran and remote.failure is not None:
+        elif not result.ran and remote is not None and remote.failure is not None:
             raise RemoteFailed(f"worker {label}: the remote cache {remote.name} failed "
                                f"({remote.failure}) while fetching inputs of {job.stage_id}")
         return result.to_dict()

@@ -324,3 +324,22 @@ def test_local_cluster_retries_a_dead_worker_boundedly(tmp_path: Path) -> None:
     assert "every worker that ran it died" in crash["error"]
     assert "2 different workers" in crash["error"]
     assert (tmp_path / "shared").is_dir()
+
+
+def test_local_cluster_workers_share_this_machines_store(tmp_path: Path) -> None:
+    """--workers without --remote: the LocalCluster's workers are on this machine, so they read
+    and write its store (nothing copied between stores); a later local build finds every
+    stage cached, and no remote cache was needed."""
+    project = Project(tmp_path)
+    project.write("recipe.yaml", yaml.safe_dump({"recipe": "shared", "steps": {
+        "first": {"cmd": [PY, "-c", "open('a.txt', 'w').write('a')"], "outs": ["a.txt"]},
+        "second": {"cmd": [PY, "-c", "open('b.txt', 'w').write(open('a.txt').read() + 'b')"],
+                   "deps": ["a.txt"], "outs": ["b.txt"]},
+    }}))
+    report = project.build("recipe.yaml", "--workers", "1", env=cluster_env())
+    assert statuses(report, "built") == {"steps/first", "steps/second"}
+    assert {s["worker"] for s in report["stages"]} != {None}
+    assert all(not str(s["worker"]).startswith("local-") for s in report["stages"])
+    assert (project.root / "build/shared/steps/second/b.txt").read_text() == "ab"
+    again = project.build("recipe.yaml", "-j", "1")  # the local pool, the same store
+    assert statuses(again, "cached") == {"steps/first", "steps/second"}
