@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -23,9 +24,19 @@ from pathlib import Path
 from buildsys.errors import StoreError
 from buildsys.hashing import ALGORITHM, digest_file
 
+_NUMBERS = itertools.count()  # next() on it is atomic under the GIL
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _HOST = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())
+
+
+def _replace_into(tmp: Path, final: Path) -> None:
+    """rename(2) into a `cas/xx/` folder, making the folder the first time."""
+    try:
+        os.replace(tmp, final)
+    except FileNotFoundError:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
 
 
 def owner_tag() -> str:
@@ -83,10 +94,9 @@ class BlobStore:
 
     def put_file(self, source: Path) -> str:
         """Store the file's bytes; returns their digest. The source is left in place."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=f"blob{owner_tag()}")
-        tmp = Path(tmp_name)
+        tmp = self._fresh_tmp("blob")
         try:
+            tmp, fd = self._create(tmp)
             hasher = hashlib.new(ALGORITHM)
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
                 while chunk := src.read(1 << 20):
@@ -98,9 +108,8 @@ class BlobStore:
             final = self._path(digest)
             if self.has(digest, source.stat().st_size) and self.verify(digest):
                 return digest  # deduplicated: identical bytes are already stored
-            final.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, READ_ONLY)
-            os.replace(tmp, final)
+            _replace_into(tmp, final)
             return digest
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
@@ -109,6 +118,21 @@ class BlobStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def _fresh_tmp(self, label: str) -> Path:
+        """A name in `tmp/` no other thread or process uses: owner-tagged (host, pid) and
+        numbered (cheaper than tempfile's random names; created with O_EXCL all the same)."""
+        return Path(f"{self.tmp}/{label}{owner_tag()}{next(_NUMBERS)}")
+
+    def _create(self, tmp: Path) -> tuple[Path, int]:
+        """Create `tmp` (or, if a dead namesake left it behind, a fresh name): (name, fd)."""
+        while True:
+            try:
+                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:  # the first blob, or `tmp/` was removed meanwhile
+                self.tmp.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                tmp = self._fresh_tmp("blob")
 
     def new_tmp(self, label: str) -> Path:
         """A fresh temporary file name in the store's filesystem (owner-tagged, so a killed
@@ -123,9 +147,8 @@ class BlobStore:
         place (same filesystem: no copy)."""
         final = self._path(digest)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, READ_ONLY)
-            os.replace(tmp, final)
+            _replace_into(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot store blob {digest[:12]} in {self.root}: "

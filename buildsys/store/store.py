@@ -10,9 +10,9 @@ path into one. What is machine-local (stat cache, last keys, job memos) lives in
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from buildsys.store.remote import RemoteTier
 
 CACHE_ENV = "MODELBUILD_CACHE_DIR"
+_SCRATCH_NUMBERS = itertools.count()
 
 
 def default_cache_dir(project_dir: Path, override: str | None = None) -> Path:
@@ -122,9 +123,16 @@ class Store:
     def new_scratch(self, label: str) -> Path:
         """A fresh private directory on the store's filesystem (so outputs hardlink in)."""
         base = self.root / "tmp" / "work"
-        base.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[-60:]
-        return Path(tempfile.mkdtemp(prefix=f"{safe}{owner_tag()}", dir=base))
+        while True:  # host, pid and a number: unique unless a dead namesake left it behind
+            path = base / f"{safe}{owner_tag()}{next(_SCRATCH_NUMBERS)}"
+            try:
+                path.mkdir(mode=0o700)
+                return path
+            except FileNotFoundError:
+                base.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                pass
 
     def sweep_tmp(self) -> list[Path]:
         """Remove the scratch directories and half-written blobs of builds that died without
