@@ -52,6 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from buildsys.backends.ort_runtime import host_cpu  # noqa: E402  (numpy only)
+
 PROJECT = Path(__file__).resolve().parent / "versus_dvc"
 DVC_FILES = ("export.py", "prepare.py", "quantize.py", "validate.py", "params.yaml")
 TARGET = "tiny/w8a8/onnx/host/validate"
@@ -77,18 +80,6 @@ class Measured:
     noops: list[Run] = field(default_factory=list)
     changes: list[Run] = field(default_factory=list)  # 8 → 7 first, then 7 → 6, …
     psnr: object = None  # PSNR of w8a8 against fp32 at the end: both tools did the work
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def base_env(extra: dict[str, str]) -> dict[str, str]:
@@ -306,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores); "
+    print(f"CPU: {host_cpu()} ({os.cpu_count()} logical cores); "
           f"load average at start {os.getloadavg()[0]:.2f}")
     root = Path(tempfile.mkdtemp(prefix="versus-dvc-"))
     try:
