@@ -45,6 +45,7 @@ WORKERS_TIMEOUT_S = 60  # for a first worker to join (a batch queue may take a w
 RETRIES = 2  # for tasks that raised; a dead worker is the scheduler's allowed-failures
 KILL_TIMEOUT_S = 10
 WAIT_STEP_S = 0.5
+LOST_AFTER_S = 10
 NOTES_EVERY_S = 1.0
 
 
@@ -189,11 +190,12 @@ class DaskPool:
                                f"({_short(exc)}); not retried again (the scheduler's "
                                f"distributed.scheduler.allowed-failures)", ran=False)
         except (CancelledError, Exception) as exc:
-            if self._lost():
-                raise SchedulerLost(self._lost_message()) from None
-            if isinstance(exc, CancelledError):
+            # After Ctrl-C nothing is asked of the scheduler again: the build is ending.
+            if isinstance(exc, CancelledError) or self._cancelled:
                 return StageResult(False, error=f"{job.stage_id}: cancelled on the cluster",
                                    ran=False)
+            if self._lost():
+                raise SchedulerLost(self._lost_message()) from None
             return StageResult(False, error=f"{job.stage_id}: failed on the cluster: "
                                f"{type(exc).__name__}: {_short(exc)}", ran=False)
         finally:
@@ -279,9 +281,8 @@ class DaskPool:
     def _lost(self) -> bool:
         if self.client.status not in ("running", "connecting"):
             return True
-        try:
-            self.client.scheduler_info()
-            self.client.sync(self.client.scheduler.identity)
+        try:  # (bounded: a scheduler that no longer answers is as good as lost)
+            self.client.sync(self.client.scheduler.identity, callback_timeout=LOST_AFTER_S)
         except Exception:
             return True
         return False
