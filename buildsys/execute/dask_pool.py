@@ -190,12 +190,13 @@ class DaskPool:
                                f"({_short(exc)}); not retried again (the scheduler's "
                                f"distributed.scheduler.allowed-failures)", ran=False)
         except (CancelledError, Exception) as exc:
-            # After Ctrl-C nothing is asked of the scheduler again: the build is ending.
-            if isinstance(exc, CancelledError) or self._cancelled:
+            # After Ctrl-C nothing is asked of the scheduler again: the build is ending. (A
+            # lost scheduler cancels futures too: that is told apart next.)
+            if not self._cancelled and self._lost():
+                raise SchedulerLost(self._lost_message()) from None
+            if self._cancelled or isinstance(exc, CancelledError):
                 return StageResult(False, error=f"{job.stage_id}: cancelled on the cluster",
                                    ran=False)
-            if self._lost():
-                raise SchedulerLost(self._lost_message()) from None
             return StageResult(False, error=f"{job.stage_id}: failed on the cluster: "
                                f"{type(exc).__name__}: {_short(exc)}", ran=False)
         finally:
