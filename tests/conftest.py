@@ -66,3 +66,13 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.remote.conftest import seaweed_session
 
     yield from seaweed_session(tmp_path_factory)
+
+
+# Starts a command with SIGINT as a shell gives it to a foreground command: not ignored, not
+# blocked (a test runner launched as a background job passes SIGINT on ignored, and a library
+# an earlier test loaded in this process may have blocked it). A wrapper that resets it and
+# execs, rather than a preexec_fn: forking a threaded test process to run Python in the child
+# can deadlock. Use: [sys.executable, "-c", LIKE_A_TERMINAL, "-m", "buildsys", ...].
+LIKE_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, Project, statuses
+from tests.conftest import LIKE_A_TERMINAL, REPO, Project, statuses
 
 PY = sys.executable
 
@@ -211,15 +211,6 @@ def test_two_concurrent_builds_share_one_store(project: Project) -> None:
     assert (project.root / "build/demo/steps/report/r.txt").read_text() == "n=5"
     assert project.run("cache", "verify", "--cache-dir", str(project.cache)).returncode == 0
     assert statuses(project.build(), "built") == set()
-
-
-# Starts the build with SIGINT as a shell gives it to a foreground command: not ignored, not
-# blocked (a test runner launched as a background job passes SIGINT on ignored). A wrapper that
-# resets it and execs, rather than a preexec_fn: forking a threaded test process to run Python
-# in the child can deadlock.
-LIKE_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
-                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(project: Project) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Project, statuses
+from tests.conftest import LIKE_A_TERMINAL, REPO, Project, statuses
 from tests.distributed.conftest import (
     PLAIN_WORKER,
     SIM_WORKER,
@@ -62,8 +62,10 @@ def slow_recipe(marker: Path, seconds: float) -> str:
 def start_build(project: Project, *args: str) -> subprocess.Popen[str]:
     report = project.root / "report.json"
     report.unlink(missing_ok=True)
-    return subprocess.Popen([PY, "-m", "buildsys", "recipe.yaml", "--report", str(report),
-                             *args], cwd=project.root, env=cluster_env(), text=True,
+    # (started as a terminal starts it: the Ctrl-C test sends it SIGINT)
+    return subprocess.Popen([PY, "-c", LIKE_A_TERMINAL, "-m", "buildsys", "recipe.yaml",
+                             "--report", str(report), *args], cwd=project.root,
+                            env=cluster_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
 
