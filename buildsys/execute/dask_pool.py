@@ -65,8 +65,7 @@ class DaskPool:
         self.remote_url = remote_url
         self.cluster = cluster  # a LocalCluster this pool started (and stops)
         # A LocalCluster's workers use this machine's store: their stages read its blobs.
-        self.shares_store = cluster is not None
-        self.reads_local_store = self.shares_store
+        self.reads_local_store = cluster is not None
         self._lock = threading.Lock()
         self._futures: dict[str, Any] = {}  # task key → future
         self._stage_of: dict[str, str] = {}  # task key → stage id
@@ -145,7 +144,7 @@ class DaskPool:
     def provide(self, digest: str, label: str) -> bool:
         """On the remote cache, uploaded from here when only this machine has it (in this
         machine's store, for the workers of a LocalCluster)."""
-        if self.shares_store:
+        if self.reads_local_store:
             return self.store.fetch_blob(digest, label=label)
         remote = self.store.remote
         if remote is None or not remote.available:
@@ -210,7 +209,7 @@ class DaskPool:
         # The worker uploaded blobs and record. Intermediates stay there, like remote hits
         # (remembered, so the next build asks nothing); release archives and leaves come
         # here, blobs first and the record last.
-        if self.shares_store:  # the worker stored both here already
+        if self.reads_local_store:  # the worker stored both here already
             return True
         if not needed_here:
             self.store.machine.remember_remote(record["key"], record)
