@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the stages on "
                         "this Dask cluster (default: $MODELBUILD_SCHEDULER); needs --remote")
     parser.add_argument("--workers", type=int, default=0, metavar="N", help="run the stages "
-                        "on a Dask LocalCluster of N single-threaded worker processes started "
-                        "for this build, sharing this machine's store")
+                        "on a Dask LocalCluster of N single-threaded workers in this build's "
+                        "process (each stage still in a process of its own), sharing this "
+                        "machine's store")
     parser.add_argument("--summary", type=Path, metavar="FILE.md", help="write the release "
                         "table as Markdown (e.g. for $GITHUB_STEP_SUMMARY)")
     parser.add_argument("-q", "--quiet", action="store_true")

@@ -1,14 +1,16 @@
 """The second worker pool: stages on a Dask cluster (`--scheduler tcp://host:8786`, or
-`--workers N` for a LocalCluster on this machine).
+`--workers N` for a LocalCluster inside this process).
 
 Bytes travel through the shared remote cache, never through the scheduler: before a stage is
 submitted its inputs are on the remote (uploaded from here if only this machine has them);
 the task is the stage as plain data; the worker (`dask_worker.py`) fetches the inputs by
 digest, runs the stage, uploads outputs and record; back here the outputs are downloaded into
-this machine's store and build directory. The workers of a LocalCluster are on this machine:
-they share its store (nothing is copied between stores; a remote, if given, is pushed to as
-by a local build). One task per stage, each with its own resource
-restrictions (resources given to a whole graph can be lost: dask/distributed#3445).
+this machine's store and build directory. The workers of `--workers N` are threads of this
+process: a stage never runs in a Dask worker, only in a process of its own that the worker
+waits for, so worker processes would only add interpreters, nannies and a copy of the warm
+zygotes each. They share this machine's store and zygotes (nothing is copied between stores;
+a remote, if given, is pushed to as by a local build). One task per stage, each with its own
+resource restrictions (resources given to a whole graph can be lost: dask/distributed#3445).
 
 Faults: a worker that dies mid-stage has its task run elsewhere by the scheduler, at most
 `distributed.scheduler.allowed-failures` times (then the stage fails, naming that limit);
@@ -27,10 +29,10 @@ from typing import Any
 
 from buildsys.errors import ModelbuildError, StoreError, UsageError
 from buildsys.execute.dask_worker import (
-    WORKER_CACHE_ENV,
-    WORKER_CPUS_ENV,
     kill_stages,
     run_stage,
+    serve_in_process,
+    stop_serving_in_process,
     warm_up,
     worker_cpus,
     worker_label,
@@ -90,8 +92,8 @@ class DaskPool:
 
     @classmethod
     def start_local(cls, workers: int, store: Store, remote_url: str | None) -> DaskPool:
-        """A LocalCluster of `workers` single-threaded worker processes on 127.0.0.1, sharing
-        this machine's store (`remote_url`: a remote they push to as well, or None)."""
+        """A LocalCluster of `workers` single-threaded workers in this process, sharing this
+        machine's store (`remote_url`: a remote they push to as well, or None)."""
         Client = _client_class("--workers")
         from distributed import LocalCluster
 
@@ -100,11 +102,9 @@ class DaskPool:
         resources = {"aihub": 1, **({"htp_sim": 1} if is_installed("onnxruntime-qnn") else {})}
         # The workers share this machine's CPUs as -j shares them among local stages, and
         # its store.
-        env = {WORKER_CPUS_ENV: str(max(1, worker_cpus() // workers)),
-               WORKER_CACHE_ENV: str(store.root)}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None,
-                               resources=resources, env=env)
+        serve_in_process(store.root, max(1, worker_cpus() // workers))
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=False,
+                               dashboard_address=None, resources=resources)
         client = Client(cluster, set_as_default=False)
         pool = cls(client, str(cluster.scheduler_address), store, remote_url, cluster)
         pool._wait_for_workers()
@@ -260,6 +260,7 @@ class DaskPool:
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close(timeout=KILL_TIMEOUT_S)
+            stop_serving_in_process()
 
     # --- placement ----------------------------------------------------------------------------
     def _workers_with_memory(self, needed: float | None) -> list[str] | None:

@@ -1,8 +1,8 @@
 """What a Dask worker runs for modelbuild: one stage, given as plain data, on its own store.
 
 The worker keeps a store of its own (`$MODELBUILD_WORKER_CACHE_DIR`, else inside the Dask
-worker's local directory; a LocalCluster's workers share the coordinator's) with the build's
-shared remote cache behind it. It fetches the
+worker's local directory; the in-process workers of `--workers N` share the coordinator's)
+with the build's shared remote cache behind it. It fetches the
 stage's inputs from there by digest, runs the stage through the local process pool (its own
 child process, as on a laptop: a segfault fails only that stage), uploads the outputs and
 then the record, and returns the result. A worker killed at any point has uploaded no
@@ -33,7 +33,11 @@ _running: dict[str, LocalProcessPool] = {}
 _running_lock = threading.Lock()
 # Warm workers (zygote.py) for the worker process's lifetime: a cluster worker runs many
 # stages of many builds, and each would otherwise pay `import torch` again. They end with it.
+# Workers in one process (`--workers N`) share them, as the slots of a local build do.
 _zygotes: ZygotePool | None = None
+# Settings of workers that run inside the coordinator's process (`--workers N`), in place of
+# the environment variables a worker process reads.
+_in_process: dict[str, str] = {}
 
 
 class RemoteFailed(RuntimeError):
@@ -42,9 +46,31 @@ class RemoteFailed(RuntimeError):
 
 def worker_label(name: object, address: str) -> str:
     """How progress and the report name a worker: its --name when it has one, else its
-    address (LocalCluster and an unnamed `dask worker` number or leave them unnamed)."""
-    return name if isinstance(name, str) and name and not name.isdigit() \
-        and name != address else address
+    address (LocalCluster and an unnamed `dask worker` number or leave them unnamed); the
+    numbered workers in this process of `--workers N` are worker-0, worker-1, …"""
+    if isinstance(name, str) and name and not name.isdigit() and name != address:
+        return name
+    return f"worker-{name}" if address.startswith("inproc://") else address
+
+
+def serve_in_process(cache_dir: Path, cpus: int) -> None:
+    """This process hosts the workers (a LocalCluster of `--workers N`): they use this store
+    and share out these CPUs, each `cpus`."""
+    _in_process.update({WORKER_CACHE_ENV: str(cache_dir), WORKER_CPUS_ENV: str(cpus)})
+
+
+def stop_serving_in_process() -> None:
+    """The LocalCluster has ended: its zygotes too."""
+    global _zygotes
+    with _running_lock:
+        zygotes, _zygotes = _zygotes, None
+        _in_process.clear()
+    if zygotes is not None:
+        zygotes.close()
+
+
+def _setting(name: str) -> str:
+    return _in_process.get(name) or os.environ.get(name, "")
 
 
 def _as_a_local_build() -> None:
@@ -67,7 +93,7 @@ def run_stage(job_data: dict[str, Any], remote_url: str | None,
     worker = get_worker()
     label = worker_label(worker.name, worker.address)
     job = StageJob.from_dict(job_data)
-    root = os.environ.get(WORKER_CACHE_ENV) or str(Path(worker.local_directory) / "modelbuild")
+    root = _setting(WORKER_CACHE_ENV) or str(Path(worker.local_directory) / "modelbuild")
     store = Store(Path(root))
     store.sweep_tmp()  # scratch directories of stage processes whose worker was killed
     # A fresh remote per stage: one that failed once is not used again by the same tier,
@@ -119,9 +145,10 @@ def warm_up(requirements: list[list[str]]) -> int:
 
     global _zygotes
     _as_a_local_build()
-    # With one CPU to itself, importing every preload set at once competes with the stage
-    # that runs meanwhile (measured on a 2-core machine with 2 workers): start them on demand.
-    if not zygote.enabled() or worker_cpus() < 2:
+    # A worker process with one CPU to itself: importing every preload set at once competes
+    # with the stage that runs meanwhile (measured on a 2-core machine with 2 worker
+    # processes): start them on demand. Workers in one process share them, as a local build.
+    if not zygote.enabled() or (worker_cpus() < 2 and not _in_process):
         return 0
     wanted = {zygote.preload_for(needed) for needed in requirements}
     with _running_lock:
@@ -133,7 +160,7 @@ def warm_up(requirements: list[list[str]]) -> int:
 
 
 def worker_cpus() -> int:
-    chosen = os.environ.get(WORKER_CPUS_ENV, "")
+    chosen = _setting(WORKER_CPUS_ENV)
     if chosen.isdigit() and int(chosen) > 0:
         return int(chosen)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \

@@ -51,11 +51,12 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
-def start_scheduler(directory: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def start_scheduler(directory: Path, env: dict[str, str] | None = None
+                    ) -> tuple[str, subprocess.Popen[bytes]]:
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = _start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                      "--no-dashboard"], directory / "scheduler.log", cluster_env())
+                      "--no-dashboard"], directory / "scheduler.log", cluster_env(env))
     return f"tcp://127.0.0.1:{port}", process
 
 

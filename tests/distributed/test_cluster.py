@@ -298,10 +298,10 @@ def test_unreachable_scheduler_is_named(tmp_path: Path) -> None:
     assert f"cannot reach the Dask scheduler at {address}" in result.stderr
 
 
-def test_local_cluster_retries_a_dead_worker_boundedly(tmp_path: Path) -> None:
-    """--workers 2 (a LocalCluster started by the build, a shared directory as the remote):
-    a stage that kills the worker running it is tried on a second worker, then fails naming
-    the limit (allowed-failures 1 here); -k builds the independent stage meanwhile."""
+def test_a_dead_worker_is_replaced_boundedly(tmp_path: Path) -> None:
+    """A stage that kills the worker process running it is tried on a second worker, then
+    fails naming the limit (a scheduler of its own, allowed-failures 1; workers without a
+    nanny, so the dead stay dead); -k builds the independent stage meanwhile."""
     project = Project(tmp_path)
     # Up from the command past the stage process (and the zygote it forked from, if any) to
     # the Dask worker process, which it kills.
@@ -316,20 +316,51 @@ def test_local_cluster_retries_a_dead_worker_boundedly(tmp_path: Path) -> None:
                  "outs": ["fine.txt"]},
         "crash": {"cmd": [PY, "-c", kill_my_worker], "outs": ["crash.txt"]},
     }}))
-    env = cluster_env({"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
-    report = project.build("recipe.yaml", "--workers", "2", "-k", "--remote",
-                           str(tmp_path / "shared"), check=False, env=env)
+    address, scheduler = start_scheduler(
+        tmp_path / "dask", {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    workers = [start_worker(address, tmp_path / "dask", name, "--no-nanny")
+               for name in ("one", "two")]
+    try:
+        wait_for_workers(address, {"one", "two"})
+        report = project.build("recipe.yaml", "--scheduler", address, "-k", "--remote",
+                               str(tmp_path / "shared"), check=False, env=cluster_env())
+    finally:
+        for process in [*workers, scheduler]:
+            kill_group(process)
     assert report["process"].returncode == 1
     assert statuses(report, "built") == {"steps/fine"}
     (crash,) = [s for s in report["stages"] if s["id"] == "steps/crash"]
     assert crash["status"] == "failed"
     assert "every worker that ran it died" in crash["error"]
     assert "2 different workers" in crash["error"]
-    assert (tmp_path / "shared").is_dir()
+    assert "allowed-failures" in crash["error"]
+
+
+def test_local_workers_a_crashing_stage_fails_alone(tmp_path: Path) -> None:
+    """--workers runs its Dask workers inside the build's process, each stage still in a
+    process of its own: a stage whose process dies of SIGSEGV fails alone (-k builds the
+    other), the build reports it and exits 1, and the re-run builds only that stage."""
+    project = Project(tmp_path)
+    crash = "import os, signal; os.kill(os.getppid(), signal.SIGSEGV)"  # the stage process
+    steps = {"fine": {"cmd": [PY, "-c", "open('fine.txt', 'w').write('fine')"],
+                      "outs": ["fine.txt"]},
+             "crash": {"cmd": [PY, "-c", crash], "outs": ["crash.txt"]}}
+    project.write("recipe.yaml", yaml.safe_dump({"recipe": "crash", "steps": steps}))
+    report = project.build("recipe.yaml", "--workers", "2", "-k", check=False,
+                           env=cluster_env())
+    assert report["process"].returncode == 1
+    assert statuses(report, "built") == {"steps/fine"}
+    (failed,) = [s for s in report["stages"] if s["id"] == "steps/crash"]
+    assert "SIGSEGV" in failed["error"] and "on worker worker-" in failed["error"]
+    steps["crash"]["cmd"] = [PY, "-c", "open('crash.txt', 'w').write('fixed')"]
+    project.write("recipe.yaml", yaml.safe_dump({"recipe": "crash", "steps": steps}))
+    again = project.build("recipe.yaml", "--workers", "2", env=cluster_env())
+    assert statuses(again, "built") == {"steps/crash"}
+    assert statuses(again, "cached") == {"steps/fine"}
 
 
 def test_local_cluster_workers_share_this_machines_store(tmp_path: Path) -> None:
-    """--workers without --remote: the LocalCluster's workers are on this machine, so they read
+    """--workers without --remote: the LocalCluster's workers are in this process, so they read
     and write its store (nothing copied between stores); a later local build finds every
     stage cached, and no remote cache was needed."""
     project = Project(tmp_path)
@@ -341,7 +372,7 @@ def test_local_cluster_workers_share_this_machines_store(tmp_path: Path) -> None
     report = project.build("recipe.yaml", "--workers", "1", env=cluster_env())
     assert statuses(report, "built") == {"steps/first", "steps/second"}
     assert {s["worker"] for s in report["stages"]} != {None}
-    assert all(not str(s["worker"]).startswith("local-") for s in report["stages"])
+    assert {s["worker"] for s in report["stages"]} == {"worker-0"}
     assert (project.root / "build/shared/steps/second/b.txt").read_text() == "ab"
     again = project.build("recipe.yaml", "-j", "1")  # the local pool, the same store
     assert statuses(again, "cached") == {"steps/first", "steps/second"}
