@@ -1,16 +1,17 @@
 """Stages on a Dask cluster against this machine's process pool: what the cluster costs.
 
-    python benchmarks/distributed.py [RECIPE] [--chain N] [--no-scheduler]
+    python benchmarks/distributed.py [RECIPE] [--chain N] [--no-scheduler] [--pair]
                                      # default recipes/tiny.yaml, 20
+    python benchmarks/distributed.py recipes/ffnet.yaml --pair   # ≈ 20 min on 2 cores
 
 1. The recipe, cold (fresh copy, empty store), built locally with `-j 2`, then on a
-   2-worker LocalCluster (`--workers 2`, single-threaded workers on 127.0.0.1, started by the
-   build, sharing this machine's store), then the same pushing to a loopback SeaweedFS server
-   as the remote cache (as `-j 2 --remote` would), then twice on a running 2-worker cluster
-   (`--scheduler`; each time a fresh copy and an empty remote prefix: cold builds; the second
-   finds the workers' warm zygotes started). Wall times of the whole command and of the build
-   (report), the sum of stage times, and the overhead against local in per cent. Target
-   (issue 15): within 10 %.
+   2-worker LocalCluster (`--workers 2`, single-threaded workers in the build's process,
+   sharing this machine's store; `--pair`: only these two), then the same pushing to a
+   loopback SeaweedFS server as the remote cache (as `-j 2 --remote` would), then twice on
+   a running cluster of 2 worker processes (`--scheduler`, as a real cluster; each time a
+   fresh copy and an empty remote prefix: cold builds; the second finds the workers' warm
+   zygotes started). Wall times of the whole command and of the build (report), the sum of
+   stage times, and the overhead against local in per cent. Target (issue 15): within 10 %.
 2. Per-stage dispatch overhead: a chain of N trivial command steps (each waits for the
    previous one, so nothing overlaps) on each pool; the span from the first stage's start to
    the last one's end, divided by N, and the difference: what handing one stage to a Dask
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=20, help="steps of the dispatch chain")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="skip the builds on a running cluster (--scheduler)")
+    parser.add_argument("--pair", action="store_true", help="only local -j 2 and --workers 2 "
+                        "(no remote, no running cluster, no dispatch chain): for big recipes")
     args = parser.parse_args()
     recipe = args.recipe.resolve()
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp_name:
@@ -121,17 +124,19 @@ def main() -> None:
             local_wall, local = modelbuild(fresh_copy(recipe, tmp / "local"), "-j", "2")
             shared_wall, shared = modelbuild(fresh_copy(recipe, tmp / "shared"), "--workers",
                                              "2")
-            dask_wall, dask = modelbuild(fresh_copy(recipe, tmp / "dask"), "--workers", "2",
-                                         "--remote", server.url("bench"))
             rows.append(("local -j 2", local_wall, local))
             rows.append(("--workers 2", shared_wall, shared))
-            rows.append(("  and --remote", dask_wall, dask))
-            with running_cluster() as address:
-                for attempt in () if args.no_scheduler else (1, 2):
-                    wall, report = modelbuild(fresh_copy(recipe, tmp / f"running{attempt}"),
-                                              "--scheduler", address,
-                                              "--remote", server.url(f"running{attempt}"))
-                    rows.append((f"--scheduler #{attempt}", wall, report))
+            if not args.pair:
+                dask_wall, dask = modelbuild(fresh_copy(recipe, tmp / "dask"), "--workers",
+                                             "2", "--remote", server.url("bench"))
+                rows.append(("  and --remote", dask_wall, dask))
+            if not (args.no_scheduler or args.pair):
+                with running_cluster() as address:
+                    for attempt in (1, 2):
+                        wall, report = modelbuild(
+                            fresh_copy(recipe, tmp / f"running{attempt}"), "--scheduler",
+                            address, "--remote", server.url(f"running{attempt}"))
+                        rows.append((f"--scheduler #{attempt}", wall, report))
             print(f"{recipe.name}, cold, {len(local['stages'])} stages "
                   f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):")
             print(f"  {'':<15}{'built':>6}{'command':>9}{'build':>9}{'stage sum':>11}"
@@ -141,6 +146,8 @@ def main() -> None:
                 print(f"  {name:<15}{built:>6}{wall:>8.1f}s{report['wall_time_s']:>8.1f}s"
                       f"{stage_seconds(report):>10.1f}s{100 * (wall / local_wall - 1):>+9.1f}%")
 
+            if args.pair:
+                return
             chain = tmp / "chain" / "chain.yaml"
             chain.parent.mkdir()
             chain.write_text(chain_recipe(args.chain))
