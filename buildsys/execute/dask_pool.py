@@ -34,7 +34,6 @@ from buildsys.execute.dask_worker import (
     serve_in_process,
     stop_serving_in_process,
     warm_up,
-    worker_cpus,
     worker_label,
 )
 from buildsys.execute.pool import StageJob, StageResult
@@ -116,7 +115,7 @@ class DaskPool:
         resources = {"aihub": 1, **({"htp_sim": 1} if is_installed("onnxruntime-qnn") else {})}
         # The workers share this machine's CPUs as -j shares them among local stages, and
         # its store.
-        serve_in_process(store.root, max(1, worker_cpus() // workers))
+        serve_in_process(store.root, workers)
         with dask.config.set(IN_PROCESS_WORKERS_CONFIG):  # (read when the servers start)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=False,
                                    dashboard_address=None, resources=resources)
