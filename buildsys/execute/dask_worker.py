@@ -142,8 +142,8 @@ def _slot(name: object, nthreads: int, remote: bool) -> tuple[int, int | None]:
     """(the stages sharing the CPUs, this stage's slot among them) as the local pool takes
     them. A remote stage waits rather than computes: no slot. A worker in this process is
     slot `name` of `--workers N`, pinned to its share of the CPUs as `-j N` pins a local
-    stage (unpinned, two stages' threads on 2 cores made FFNet's stage time 20 % longer). A
-    single-threaded worker process gives its stage its CPUs (up to what the stage can use)."""
+    stage, so that a build's stages run where they would locally. A single-threaded worker
+    process gives its stage its CPUs (up to what the stage can use)."""
     if remote:
         return nthreads, None
     if _in_process and isinstance(name, int):
