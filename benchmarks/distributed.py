@@ -1,8 +1,9 @@
 """Stages on a Dask cluster against this machine's process pool: what the cluster costs.
 
     python benchmarks/distributed.py [RECIPE] [--chain N] [--no-scheduler] [--pair]
-                                     # default recipes/tiny.yaml, 20
-    python benchmarks/distributed.py recipes/ffnet.yaml --pair   # ≈ 20 min on 2 cores
+                                     [--pairs N]   # default recipes/tiny.yaml, 20, 1
+    python benchmarks/distributed.py --pair --pairs 7             # ≈ 4 min on 2 cores
+    python benchmarks/distributed.py recipes/ffnet.yaml --pair    # ≈ 20 min on 2 cores
 
 1. The recipe, cold (fresh copy, empty store), built locally with `-j 2`, then on a
    2-worker LocalCluster (`--workers 2`, single-threaded workers in the build's process,
@@ -12,6 +13,8 @@
    fresh copy and an empty remote prefix: cold builds; the second finds the workers' warm
    zygotes started). Wall times of the whole command and of the build (report), the sum of
    stage times, and the overhead against local in per cent. Target (issue 15): within 10 %.
+   `--pairs N` builds the first two N times, in turn, and gives the median of the N ratios
+   (a pair's builds run minutes apart, so the machine's drift cancels out).
 2. Per-stage dispatch overhead: a chain of N trivial command steps (each waits for the
    previous one, so nothing overlaps) on each pool; the span from the first stage's start to
    the last one's end, divided by N, and the difference: what handing one stage to a Dask
@@ -33,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +118,9 @@ def main() -> None:
                         help="skip the builds on a running cluster (--scheduler)")
     parser.add_argument("--pair", action="store_true", help="only local -j 2 and --workers 2 "
                         "(no remote, no running cluster, no dispatch chain): for big recipes")
+    parser.add_argument("--pairs", type=int, default=1, metavar="N",
+                        help="build local -j 2 and --workers 2 N times, in turn: the median "
+                        "ratio of the pairs")
     args = parser.parse_args()
     recipe = args.recipe.resolve()
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp_name:
@@ -121,9 +128,15 @@ def main() -> None:
         server = start_seaweed(tmp / "seaweedfs")
         try:
             rows = []
-            local_wall, local = modelbuild(fresh_copy(recipe, tmp / "local"), "-j", "2")
-            shared_wall, shared = modelbuild(fresh_copy(recipe, tmp / "shared"), "--workers",
-                                             "2")
+            pairs = []
+            for number in range(args.pairs):
+                local_wall, local = modelbuild(fresh_copy(recipe, tmp / "local"), "-j", "2")
+                shared_wall, shared = modelbuild(fresh_copy(recipe, tmp / "shared"),
+                                                 "--workers", "2")
+                pairs.append((local_wall, shared_wall))
+                if number + 1 < args.pairs:  # (a store per build: FFNet's are gigabytes)
+                    shutil.rmtree(tmp / "local")
+                    shutil.rmtree(tmp / "shared")
             rows.append(("local -j 2", local_wall, local))
             rows.append(("--workers 2", shared_wall, shared))
             if not args.pair:
@@ -145,6 +158,12 @@ def main() -> None:
                 built = sum(1 for s in report["stages"] if s["status"] == "built")
                 print(f"  {name:<15}{built:>6}{wall:>8.1f}s{report['wall_time_s']:>8.1f}s"
                       f"{stage_seconds(report):>10.1f}s{100 * (wall / local_wall - 1):>+9.1f}%")
+            if args.pairs > 1:
+                ratios = sorted(b / a for a, b in pairs)
+                print(f"  {args.pairs} pairs: local -j 2 {median(a for a, _ in pairs):.1f} s, "
+                      f"--workers 2 {median(b for _, b in pairs):.1f} s (medians); ratio "
+                      f"median {median(ratios):.3f} ({ratios[0]:.3f}–{ratios[-1]:.3f}): "
+                      f"{100 * (median(ratios) - 1):+.1f} %")
 
             if args.pair:
                 return
