@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from buildsys.execute.pool import StageJob, make_record
 from buildsys.execute.zygote import ZygotePool
 
 WORKER_CACHE_ENV = "MODELBUILD_WORKER_CACHE_DIR"
-# The CPUs one worker's stages may use (default: the machine's, shared by its threads); set
-# when several workers share a machine, as a `--workers N` LocalCluster does.
+# The CPUs one worker process's stages may use (default: the machine's, shared by its
+# threads); set when several worker processes share a machine.
 WORKER_CPUS_ENV = "MODELBUILD_WORKER_CPUS"
 
 # Stages running in this worker process (task key → the pool running it): Ctrl-C on the
@@ -35,10 +36,18 @@ _running_lock = threading.Lock()
 # stages of many builds, and each would otherwise pay `import torch` again. They end with it.
 # Workers in one process (`--workers N`) share them, as the slots of a local build do.
 _zygotes: ZygotePool | None = None
-# Settings of workers that run inside the coordinator's process (`--workers N`), in place of
-# the environment variables a worker process reads, and how many of them there are.
-_in_process: dict[str, str] = {}
-IN_PROCESS_WORKERS = "workers"
+
+
+@dataclass(frozen=True)
+class InProcessWorkers:
+    """The workers of `--workers N`, inside the coordinator's process: in place of the
+    environment a worker process reads, the coordinator's store, and how many share the
+    machine's CPUs (as the N slots of `-j N` do)."""
+    store_root: Path
+    count: int
+
+
+_in_process: InProcessWorkers | None = None
 
 
 class RemoteFailed(RuntimeError):
@@ -54,26 +63,21 @@ def worker_label(name: object, address: str) -> str:
     return f"worker-{name}" if address.startswith("inproc://") else address
 
 
-def serve_in_process(cache_dir: Path, workers: int) -> None:
+def serve_in_process(store_root: Path, workers: int) -> None:
     """This process hosts `workers` workers (a LocalCluster of `--workers N`, numbered from
     0): they use this store and share out this machine's CPUs as `-j N` does."""
-    cpus = max(1, worker_cpus() // workers)
-    _in_process.update({WORKER_CACHE_ENV: str(cache_dir), WORKER_CPUS_ENV: str(cpus),
-                        IN_PROCESS_WORKERS: str(workers)})
+    global _in_process
+    _in_process = InProcessWorkers(store_root, workers)
 
 
 def stop_serving_in_process() -> None:
     """The LocalCluster has ended: its zygotes too."""
-    global _zygotes
+    global _zygotes, _in_process
     with _running_lock:
         zygotes, _zygotes = _zygotes, None
-        _in_process.clear()
+        _in_process = None
     if zygotes is not None:
         zygotes.close()
-
-
-def _setting(name: str) -> str:
-    return _in_process.get(name) or os.environ.get(name, "")
 
 
 def _as_a_local_build() -> None:
@@ -96,9 +100,13 @@ def run_stage(job_data: dict[str, Any], remote_url: str | None,
     worker = get_worker()
     label = worker_label(worker.name, worker.address)
     job = StageJob.from_dict(job_data)
-    root = _setting(WORKER_CACHE_ENV) or str(Path(worker.local_directory) / "modelbuild")
-    store = Store(Path(root))
-    store.sweep_tmp()  # scratch directories of stage processes whose worker was killed
+    hosted = _in_process
+    if hosted is not None:  # (the coordinator swept the store's leftovers at its start)
+        store = Store(hosted.store_root)
+    else:
+        store = Store(Path(os.environ.get(WORKER_CACHE_ENV)
+                           or Path(worker.local_directory) / "modelbuild"))
+        store.sweep_tmp()  # scratch directories of stage processes whose worker was killed
     # A fresh remote per stage: one that failed once is not used again by the same tier,
     # and a worker lives for many builds. (None: a LocalCluster's worker, sharing the
     # coordinator's store, with no remote to push to.)
@@ -111,8 +119,7 @@ def run_stage(job_data: dict[str, Any], remote_url: str | None,
         if _zygotes is None:
             _zygotes = ZygotePool()
         pool = LocalProcessPool(store, LocalPoolOptions(
-            jobs=jobs, cpu_count=worker_cpus() * (jobs if _in_process else 1),
-            zygotes=_zygotes))
+            jobs=jobs, cpu_count=worker_cpus(), zygotes=_zygotes))
         _running[task_key] = pool
     try:
         result = pool.run(job, slot)
@@ -146,8 +153,8 @@ def _slot(name: object, nthreads: int, remote: bool) -> tuple[int, int | None]:
     process gives its stage its CPUs (up to what the stage can use)."""
     if remote:
         return nthreads, None
-    if _in_process and isinstance(name, int):
-        return int(_in_process[IN_PROCESS_WORKERS]), name
+    if _in_process is not None and isinstance(name, int):
+        return _in_process.count, name
     return nthreads, 0 if nthreads == 1 else None
 
 
@@ -162,7 +169,7 @@ def warm_up(requirements: list[list[str]]) -> int:
     # A worker process with one CPU to itself: importing every preload set at once competes
     # with the stage that runs meanwhile (measured on a 2-core machine with 2 worker
     # processes): start them on demand. Workers in one process share them, as a local build.
-    if not zygote.enabled() or (worker_cpus() < 2 and not _in_process):
+    if not zygote.enabled() or (worker_cpus() < 2 and _in_process is None):
         return 0
     wanted = {zygote.preload_for(needed) for needed in requirements}
     with _running_lock:
@@ -174,8 +181,10 @@ def warm_up(requirements: list[list[str]]) -> int:
 
 
 def worker_cpus() -> int:
-    chosen = _setting(WORKER_CPUS_ENV)
-    if chosen.isdigit() and int(chosen) > 0:
+    """The CPUs this worker's stages share: the machine's for workers in this process (their
+    slots share them out), else what $MODELBUILD_WORKER_CPUS gives a worker process."""
+    chosen = os.environ.get(WORKER_CPUS_ENV, "")
+    if _in_process is None and chosen.isdigit() and int(chosen) > 0:
         return int(chosen)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else (os.cpu_count() or 1)
